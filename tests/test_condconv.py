@@ -1,0 +1,85 @@
+"""The fast CondConv path against the per-example definition: values and gradients."""
+import pytest
+import torch
+
+from irnet_lib.condconv import CondConv2d, Routing, condconv2d, condconv2d_reference
+
+
+def _case(kind, stride, batch, channels_last, seed=0):
+    torch.manual_seed(seed)
+    c_in, c_out = (8, 8) if kind == "depthwise" else (6, 10)
+    conv = CondConv2d(c_in, c_out, 3 if kind == "depthwise" else 1, stride,
+                      groups=c_in if kind == "depthwise" else 1, num_experts=4)
+    x = torch.randn(batch, c_in, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return conv, x.requires_grad_()
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, train):
+    conv, x = _case(kind, stride, batch, channels_last)
+    conv.train(train)
+    r = conv.routing(x)
+    fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
+    ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+    g = torch.randn_like(ref)
+    grads_fast = torch.autograd.grad(fast, (x, conv.weight, conv.routing.fc.weight), g, retain_graph=True)
+    grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.routing.fc.weight), g)
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_kernel_general_path():
+    torch.manual_seed(0)
+    conv = CondConv2d(8, 12, 3, 1, groups=4, num_experts=3)
+    x = torch.randn(3, 8, 7, 7)
+    r = conv.routing(x)
+    torch.testing.assert_close(conv(x), condconv2d_reference(x, conv.expert_weights, r, 1, 1, 4), atol=1e-5, rtol=1e-5)
+
+
+def test_one_hot_routing_is_that_expert_as_a_plain_conv():
+    torch.manual_seed(0)
+    conv = CondConv2d(4, 4, 3, groups=4, num_experts=3, routing=False)
+    x = torch.randn(2, 4, 6, 6)
+    r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    expected = torch.nn.functional.conv2d(x, conv.expert_weights[1], padding=1, groups=4)
+    torch.testing.assert_close(conv(x, r), expected)
+
+
+def test_channels_last_output_keeps_memory_format_for_1x1():
+    conv = CondConv2d(6, 10, 1, num_experts=2)
+    x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert conv(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_routing_is_sigmoid_of_pooled_linear():
+    routing = Routing(5, 4)
+    x = torch.randn(3, 5, 4, 4)
+    r = routing(x)
+    assert r.shape == (3, 4) and bool(((r > 0) & (r < 1)).all())
+    torch.testing.assert_close(r, torch.sigmoid(x.mean((2, 3)) @ routing.fc.weight.T + routing.fc.bias))
+
+
+def test_parameters_are_m_times_a_plain_conv_plus_routing():
+    conv = CondConv2d(16, 32, 1, num_experts=4)
+    assert conv.weight.numel() == 4 * 16 * 32
+    assert conv.routing.fc.weight.numel() + conv.routing.fc.bias.numel() == 16 * 4 + 4
+
+
+def test_per_block_conv_demands_routing_weights():
+    conv = CondConv2d(4, 4, 1, routing=False)
+    with pytest.raises(ValueError, match="routing_weights"):
+        conv(torch.randn(1, 4, 3, 3))
+
+
+def test_groups_must_divide_channels():
+    with pytest.raises(ValueError, match="groups"):
+        CondConv2d(6, 4, 3, groups=4)
