@@ -73,3 +73,11 @@ def test_hygiene_check_catches_bad_notebooks(tmp_path):
 def test_series_is_numbered_without_gaps():
     numbers = [int(p.name[:2]) for p in NOTEBOOKS]
     assert numbers == sorted(set(numbers))
+
+
+def test_readme_notebook_table_is_in_sync():
+    import sys
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebooks import notebook_table
+
+    assert notebook_table() in (ROOT / "README.md").read_text(), "run: python tools/notebooks.py sync"

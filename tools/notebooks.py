@@ -44,6 +44,28 @@ def sync(paths):
         nbformat.write(nb, p)
 
 
+TABLE = re.compile(r"(<!-- notebooks -->\n).*?(<!-- /notebooks -->)", re.S)
+
+
+def notebook_table() -> str:
+    """The README's table of notebooks, one row each: title (from its first cell) and badge."""
+    rows = ["| notebook | what it covers | |", "|---|---|---|"]
+    for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(p, as_version=4)
+        first = nb.cells[0].source.splitlines()
+        title = first[0].lstrip("# ").strip()
+        summary = next((l.strip() for l in first[1:] if l.strip() and not l.startswith("[![")), "")
+        rel = p.relative_to(ROOT).as_posix()
+        rows.append(f"| [{p.stem}]({rel}) | {title}{': ' + summary if summary else ''} | {colab_badge(rel)} |")
+    return "\n".join(rows) + "\n"
+
+
+def sync_readme():
+    """The README's notebook table: regenerated from the notebooks, badges pointing at ``REPO``."""
+    readme = ROOT / "README.md"
+    readme.write_text(TABLE.sub(lambda m: m.group(1) + notebook_table() + m.group(2), readme.read_text()))
+
+
 def execute(paths):
     env = dict(os.environ, IRNET_FAST="1")
     for p in paths:
@@ -63,6 +85,7 @@ if __name__ == "__main__":
         nbformat.write(nb, ROOT / "notebooks" / f"{name}.ipynb")
     elif cmd == "sync":
         sync(args or sorted(str(p) for p in (ROOT / "notebooks").glob("[0-9]*.ipynb")))
+        sync_readme()
     elif cmd == "execute":
         execute(args)
     else:
