@@ -1,0 +1,257 @@
+"""The paper's pipeline in one command: Table 4, the three blocks trained with the Table 2 recipe,
+Table 3 (Markdown + CSV) and Figure 5 (per-epoch accuracy and loss curves).
+
+    python -m irnet_lib.reproduce --quick                        # embedded sample, a few CPU minutes
+    python -m irnet_lib.reproduce --data imagenet64-100          # the paper's run: 55 epochs, GPU
+    python -m irnet_lib.reproduce --from-results results/fashion-mnist-cpu   # tables + figure only
+
+Every table and figure says which data, which hardware, how many epochs and how long; the paper's
+numbers (ImageNet-100, one Colab GPU) sit beside ours, never in place of them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .recipe import TABLE_3, Recipe
+from .train import Run, read_history, train
+
+__all__ = ["BLOCKS", "QUICK", "data_label", "run_label", "figure5_reference", "report", "table3", "to_markdown", "figure5", "write_table3",
+           "load_runs", "load_course_log", "reproduce", "main"]
+
+BLOCKS = ("standard", "se", "condconv")
+LABELS = {p.block: p.label for p in TABLE_3}
+#: The quick mode: the embedded sample, a small stratified subset, the recipe's shape in 3 epochs.
+#: A check of the whole pipeline in a few CPU minutes, not a result: 30 optimizer steps per block leave
+#: the networks near chance (10 %). The committed real runs are in results/fashion-mnist-cpu*/.
+QUICK = dict(data="fashion-mnist-sample", train_subset=200, test_subset=100, epochs=3, warmup_epochs=1,
+             batch_size=20)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' own needs the optional ``tabulate``)."""
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                               for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def data_label(run: Run) -> str:
+    """Which data and hardware a run used."""
+    m = run.meta
+    return (f"{m['dataset']} ({m['train_size']} train / {m['test_size']} test images, {m['num_classes']} classes, "
+            f"64 px pipeline, 56 px crops), {m['hardware']}")
+
+
+def run_label(run: Run) -> str:
+    """One line saying what a run is: data, sizes, hardware, epochs, wall time."""
+    h = run.history
+    return f"{data_label(run)}, {len(h)} epochs, {h['epoch_seconds'].sum() / 60:.1f} min"
+
+
+def table3(runs: dict[str, Run]) -> pd.DataFrame:
+    """Table 3 for our runs, next to the paper's numbers for the same block."""
+    rows = []
+    for paper in TABLE_3:
+        run = runs.get(paper.block)
+        if run is None:
+            continue
+        h, m = run.history, run.meta
+        rows.append({
+            "Block": paper.label,
+            "Data (ours)": f"{m['dataset']} {m['train_size']}/{m['test_size']}",
+            "Hardware (ours)": m["hardware"],
+            "Epochs": len(h),
+            "Time (ours, min)": round(h["epoch_seconds"].sum() / 60, 1),
+            "s/epoch": round(h["epoch_seconds"].mean(), 1),
+            "Train img/s": round(h["train_images_per_s"].median(), 1),
+            "Best acc % (ours)": round(h["test_acc"].max(), 2),
+            "Best epoch": int(h["epoch"][h["test_acc"].idxmax()]),
+            "Final acc % (ours)": round(h["test_acc"].iloc[-1], 2),
+            "Paper time (h, ImageNet-100, Colab GPU)": paper.training_hours,
+            "Paper acc % (ImageNet-100)": paper.accuracy,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
+    out_dir = Path(out_dir)
+    df = table3(runs)
+    df.to_csv(out_dir / "table3.csv", index=False)
+    first = next(iter(runs.values()))
+    text = ("# Table 3, reproduced\n\n"
+            f"Ours: {data_label(first)}; "
+            f"recipe: Table 2's shape ({first.meta['config']['recipe']['train_num_epochs']} epochs, "
+            f"peak lr {first.meta['config']['recipe']['train_lr_max']:.4g}, global batch "
+            f"{first.meta['config']['recipe']['data_batch_size']}). Paper: ImageNet 64x64, 100 classes, 55 "
+            "epochs, one Colab GPU; its CondConv row is empty. The two are different data and hardware: "
+            "compare the ranking of the blocks, not the numbers. Times are wall times (on a shared "
+            "machine they include waiting for other jobs).\n\n" + to_markdown(df))
+    (out_dir / "table3.md").write_text(text)
+    return df
+
+
+def load_runs(folder, blocks=BLOCKS) -> dict[str, Run]:
+    """The stored histories ``folder/<block>/history.json`` that exist."""
+    folder = Path(folder)
+    runs = {b: read_history(folder / b) for b in blocks if (folder / b / "history.json").is_file()}
+    if not runs:
+        raise FileNotFoundError(f"no histories under {folder}/<block>/history.json; train first "
+                                f"(python -m irnet_lib.reproduce ... or python -m irnet_lib.train ...)")
+    return runs
+
+
+def load_course_log(path=None) -> pd.DataFrame:
+    """The course's logged standard-block run (ImageNet-100, Colab GPU), stored in results/."""
+    path = Path(path or Path(__file__).resolve().parents[1] / "results" / "course_standard_log.csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"no course log at {path}")
+    return pd.read_csv(path)
+
+
+def figure5(runs: dict[str, Run], path=None, title: str | None = None):
+    """Figure 5: per-epoch test accuracy and loss (train dashed) of each block; returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = dict(standard="C0", se="C1", condconv="C2")
+    for block, run in runs.items():
+        h, c = run.history, colors.get(block)
+        ax_acc.plot(h.epoch, h.test_acc, "o-", color=c, label=f"{LABELS.get(block, block)} (test)")
+        ax_acc.plot(h.epoch, h.train_acc, "--", color=c, alpha=0.6, label=f"{LABELS.get(block, block)} (train)")
+        ax_loss.plot(h.epoch, h.test_loss, "o-", color=c, label=f"{LABELS.get(block, block)} (test)")
+        ax_loss.plot(h.epoch, h.train_loss, "--", color=c, alpha=0.6, label=f"{LABELS.get(block, block)} (train)")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy per epoch")
+    # Log scale: the test loss of the peak-lr epoch (BN running statistics still settling) can be
+    # ten times the rest and would flatten every other point.
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy (log scale)", title="Loss per epoch", yscale="log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=7)
+    first = next(iter(runs.values()))
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title or f"Figure 5 reproduced: {data_label(first)}, {len(first.history)} epochs", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def figure5_reference(course_log: pd.DataFrame, path=None):
+    """The course's own standard-block curve: ImageNet-100, Colab GPU. A separate figure on purpose."""
+    import matplotlib.pyplot as plt
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax_acc.plot(course_log.epoch, course_log.test_accuracy, "k.-")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Course log, standard block: test accuracy")
+    ax_loss.plot(course_log.epoch, course_log.mean_cross_entropy, "k.-")
+    ax_loss.set(xlabel="epoch", ylabel="mean train cross-entropy", title="Course log: train loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.suptitle("Reference (not ours): the course's logged run, ImageNet 64x64 100 classes, Colab GPU, "
+                 f"55 epochs, best {course_log.test_accuracy.max():.2f} %", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _table4(out_dir: Path, quiet: bool, blocks=BLOCKS):
+    """Table 4 (MACs and weights per operation, 56x56 input, the paper's 100 classes) of each block,
+    from ``irnet_lib.complexity`` when that module is present."""
+    try:
+        from .complexity import table4
+    except ImportError as e:
+        print(f"Table 4 skipped: irnet_lib.complexity is not available ({e}); "
+              "Table 3 and Figure 5 do not need it.")
+        return None
+    from . import irnet
+    tables = {}
+    for block in blocks:
+        t4 = table4(irnet(block, num_classes=100)).reset_index()
+        t4.to_csv(out_dir / f"table4_{block}.csv", index=False)
+        (out_dir / f"table4_{block}.md").write_text(
+            f"# Table 4, recomputed: IR-NET with the {block} block (56x56 input, 100 classes)\n\n" + to_markdown(t4))
+        tables[block] = t4
+    if not quiet:
+        print("Table 4 (recomputed, standard block):")
+        print(tables[blocks[0]].to_string(index=False))
+    return tables
+
+
+def reproduce(data="fashion-mnist-sample", *, out_dir=None, root="data", blocks=BLOCKS, recipe: Recipe | None = None,
+              train_subset=None, test_subset=None, seed=0, figure=None, quiet=False, **train_kwargs):
+    """Table 4, the blocks trained (resuming what is already there), Table 3 and Figure 5."""
+    out_dir = Path(out_dir or Path("results") / data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _table4(out_dir, quiet, tuple(blocks))
+    runs = {}
+    for block in blocks:
+        runs[block] = train(block, data, recipe=recipe, out_dir=out_dir / block, root=root,
+                            train_subset=train_subset, test_subset=test_subset, seed=seed, quiet=quiet,
+                            **train_kwargs)
+    return report(runs, out_dir, figure, quiet)
+
+
+def report(runs, out_dir, figure=None, quiet=False):
+    out_dir = Path(out_dir)
+    df = write_table3(runs, out_dir)
+    figure = Path(figure or Path("figures") / f"fig5_{out_dir.name}.png")
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.close(figure5(runs, figure))
+    if not quiet:
+        print((out_dir / "table3.md").read_text())
+        print(f"Table 3 -> {out_dir / 'table3.md'}, {out_dir / 'table3.csv'}; Figure 5 -> {figure}")
+    return df
+
+
+def main(argv=None):
+    from .train import recipe_from_args
+    p = argparse.ArgumentParser(prog="python -m irnet_lib.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"the embedded sample, small: {QUICK}")
+    p.add_argument("--from-results", default=None, help="only rebuild Table 3 and Figure 5 from this folder")
+    p.add_argument("--data", default=None)
+    p.add_argument("--root", default="data")
+    p.add_argument("--out", default=None, help="results folder (default results/<data> or results/quick-sample)")
+    p.add_argument("--figure", default=None, help="Figure 5 path (default figures/fig5_<results folder>.png)")
+    p.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS)
+    for flag, typ in [("--epochs", int), ("--warmup-epochs", int), ("--batch-size", int), ("--lr-max", float),
+                      ("--train-subset", int), ("--test-subset", int)]:
+        p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.from_results:
+        return report(load_runs(args.from_results, args.blocks), args.from_results, args.figure, args.quiet)
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+        args.out = args.out or os.path.join("results", "quick-sample")
+    args.data = args.data or "fashion-mnist-sample"
+    if args.quick and not args.quiet:
+        print("Quick mode: a check of the whole pipeline (a few CPU minutes), not a result: with 30 optimizer "
+              "steps per block the accuracies stay near chance (10 %). Real runs: results/fashion-mnist-cpu*/.")
+    return reproduce(args.data, out_dir=args.out, root=args.root, blocks=args.blocks, recipe=recipe_from_args(args),
+                     train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                     figure=args.figure, quiet=args.quiet, device=args.device, precision=args.precision,
+                     compile=args.compile)
+
+
+if __name__ == "__main__":
+    main()

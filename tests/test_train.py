@@ -1,0 +1,198 @@
+"""The training loop: history, checkpoints, exact resume, refusals, the non-finite stop, the GPU
+speed path on a CPU, and IR-NET on the embedded sample. Tiny models and stand-in data keep it fast."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from irnet_lib.recipe import Recipe
+from irnet_lib.train import (CheckpointMismatchError, NonFiniteLossError, atomic_save, fit, load_checkpoint,
+                             main, read_history)
+
+TIMING = ("epoch_seconds", "train_seconds", "train_images_per_s", "elapsed_seconds")
+
+
+class StandInLoader:
+    """A loader of the data contract over random tensors: order is a function of (seed, epoch),
+    sharded by (rank, world_size) like the real loaders; the last partial batch is kept."""
+
+    def __init__(self, n=48, batch_size=8, *, train=True, seed=0, rank=0, world_size=1, classes=3,
+                 size=8, poison=None):
+        g = torch.Generator().manual_seed(1234 if train else 4321)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.randint(0, classes, (n,), generator=g)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.poison = poison      # (epoch, step): that batch becomes NaN
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _indices(self):
+        if not self.train:
+            idx = torch.arange(len(self.y))
+        else:
+            idx = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        return idx[self.rank::self.world_size]
+
+    @property
+    def num_samples(self):
+        return len(self._indices())
+
+    def __len__(self):
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices()
+        for step, i in enumerate(range(0, len(idx), self.batch_size)):
+            b = idx[i:i + self.batch_size]
+            x = self.x[b].clone()
+            if self.poison == (self.epoch, step):
+                x[:] = float("nan")
+            yield x, self.y[b]
+
+
+def tiny_model(seed=0, bn=True, width=4):
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, width, 3, padding=1)] + ([nn.BatchNorm2d(width)] if bn else []) + [
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3)]
+    return nn.Sequential(*layers)
+
+
+RECIPE = Recipe(data_num_classes=3, data_batch_size=8).compressed(4, 1)
+
+
+def loaders(**kw):
+    return StandInLoader(**kw), StandInLoader(n=16, train=False)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_writes_history_and_checkpoints(tmp_path):
+    run = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, meta={"variant": "tiny"}, quiet=True)
+    h = run.history
+    assert list(h.epoch) == [0, 1, 2, 3]
+    assert h.lr.tolist() == pytest.approx([0.002 * 0.2 / 0.2 * 1, 0.2, 0.2 * 0.5 * (1 + math.cos(math.pi / 2))
+                                           + 0.0002 * 0.5 * (1 - math.cos(math.pi / 2)), 0.0002])
+    assert set(["train_loss", "train_acc", "test_loss", "test_acc", "lr", *TIMING]) <= set(h.columns)
+    assert (h.train_images == 48).all() and (h.test_images == 16).all()
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    stored = json.loads((tmp_path / "history.json").read_text())
+    for key in ("variant", "hardware", "torch", "precision", "config", "world_size"):
+        assert key in stored["meta"], key
+    assert stored["meta"]["precision"] == "fp32"   # fp32 on a CPU by default
+    assert read_history(tmp_path).history.test_acc.tolist() == pytest.approx(h.test_acc.tolist())
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["history"][-1]["test_acc"] == h.test_acc.max()
+    assert (tmp_path / "history.csv").read_text().startswith("epoch,lr,train_loss")
+
+
+def test_resume_equals_an_unbroken_run(tmp_path):
+    unbroken = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path / "a", quiet=True)
+    first = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path / "b", quiet=True, max_epochs=2)
+    assert len(first.history) == 2
+    # A new session: fresh model (other initial weights), fresh loaders, same folder.
+    resumed = fit(tiny_model(seed=99), *loaders(), RECIPE, out_dir=tmp_path / "b", quiet=True)
+    assert resumed.meta["resumed_at_epochs"] == [2]
+    for k, v in weights(unbroken.model).items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    cols = [c for c in unbroken.history.columns if c not in TIMING]
+    assert unbroken.history[cols].equals(resumed.history[cols])
+    # Finished runs stay finished.
+    again = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path / "b", quiet=True)
+    assert len(again.history) == 4
+
+
+def test_atomic_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"format": 1, "value": torch.ones(3)}, path)
+
+    def dies_half_way(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"format": 1, "value": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["value"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]   # no half-written leftovers
+
+
+def test_a_killed_save_during_training_leaves_a_resumable_run(tmp_path, monkeypatch):
+    fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True, max_epochs=1)
+    real_save = torch.save
+
+    def dies(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise SystemExit("power cut before the rename")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(SystemExit):
+        fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True, max_epochs=1)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
+    run = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True)
+    assert list(run.history.epoch) == [0, 1, 2, 3]
+
+
+def test_checkpoint_of_another_variant_or_recipe_is_refused(tmp_path):
+    fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, meta={"config": {"block": "standard"}},
+        quiet=True, max_epochs=1)
+    with pytest.raises(CheckpointMismatchError, match="block: checkpoint has 'standard', this run has 'se'"):
+        fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, meta={"config": {"block": "se"}}, quiet=True)
+    with pytest.raises(CheckpointMismatchError, match="model"):        # another layout of weights
+        fit(tiny_model(width=6), *loaders(), RECIPE, out_dir=tmp_path,
+            meta={"config": {"block": "standard"}}, quiet=True)
+    with pytest.raises(CheckpointMismatchError, match="recipe"):
+        fit(tiny_model(), *loaders(), RECIPE.compressed(6, 1), out_dir=tmp_path,
+            meta={"config": {"block": "standard"}}, quiet=True)
+    # Starting over is allowed when asked for.
+    run = fit(tiny_model(), *loaders(), RECIPE.compressed(2, 1), out_dir=tmp_path,
+              meta={"config": {"block": "se"}}, quiet=True, resume=False)
+    assert len(run.history) == 2
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path):
+    train, test = loaders(poison=(1, 3))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1 step 3 .*last good checkpoint") as err:
+        fit(tiny_model(), train, test, RECIPE, out_dir=tmp_path, quiet=True)
+    assert (err.value.epoch, err.value.step) == (1, 3)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_gpu_speed_path_runs_on_cpu(tmp_path):
+    """channels_last + bf16 autocast + torch.compile (eager backend: no compiler needed) + sparse
+    host reads: the code path a GPU takes, exercised on the CPU."""
+    run = fit(tiny_model(), *loaders(), RECIPE.compressed(2, 1), out_dir=tmp_path, quiet=True,
+              precision="bf16", channels_last=True, compile=True, compile_kwargs={"backend": "eager"},
+              sync_every=4)
+    assert run.meta["precision"] == "bf16" and run.meta["channels_last"] and run.meta["compile"]
+    assert all(math.isfinite(v) for v in run.history.train_loss)
+    keys = load_checkpoint(tmp_path / "last.pt")["model"].keys()
+    assert not any("_orig_mod" in k or k.startswith("module.") for k in keys)   # plain weights saved
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="precision"):
+        fit(tiny_model(), *loaders(), RECIPE, precision="fp8", quiet=True)
+
+
+def test_command_line_on_the_embedded_sample(tmp_path, capsys):
+    """IR-NET itself, through the real data package and the CLI; tiny subset, one epoch per call."""
+    argv = ["--block", "standard", "--data", "fashion-mnist-sample", "--train-subset", "10",
+            "--test-subset", "10", "--epochs", "2", "--batch-size", "10", "--out", str(tmp_path),
+            "--quiet", "--max-epochs", "1"]
+    run = main(argv)
+    assert len(run.history) == 1 and run.meta["variant"] == "standard" and run.meta["num_classes"] == 10
+    assert run.meta["config"]["recipe"]["train_lr_max"] == pytest.approx(0.2 * 10 / 256)
+    run = main(argv)   # the same command again resumes
+    assert list(run.history.epoch) == [0, 1]
+    assert "best" in capsys.readouterr().out
+    with pytest.raises(CheckpointMismatchError, match="block"):
+        main([a if a != "standard" else "se" for a in argv])

@@ -1,0 +1,68 @@
+"""The reproduce pipeline: Table 3 and Figure 5 from stored histories, and the command end to end."""
+import json
+
+import pandas as pd
+import pytest
+
+from irnet_lib import reproduce
+from irnet_lib.reproduce import load_runs, main, table3, to_markdown
+
+
+def fake_run(folder, block, accs, seconds):
+    meta = {"variant": block, "dataset": "fashion-mnist", "train_size": 30, "test_size": 10, "num_classes": 10,
+            "hardware": "Test CPU, 2 cores", "precision": "fp32",
+            "config": {"recipe": {"train_num_epochs": len(accs), "train_lr_max": 0.05, "data_batch_size": 64}}}
+    epochs = [{"epoch": i, "lr": 0.1, "train_loss": 2 - i / 10, "train_acc": a - 1, "test_loss": 2 - i / 9,
+               "test_acc": a, "epoch_seconds": seconds, "train_seconds": seconds - 1,
+               "train_images_per_s": 30 / (seconds - 1), "elapsed_seconds": seconds * (i + 1)}
+              for i, a in enumerate(accs)]
+    (folder / block).mkdir(parents=True)
+    (folder / block / "history.json").write_text(json.dumps({"meta": meta, "epochs": epochs}))
+
+
+def test_table3_and_figure5_from_stored_histories(tmp_path):
+    fake_run(tmp_path, "standard", [50, 70, 65], 10)
+    fake_run(tmp_path, "se", [55, 72, 71], 12)
+    fake_run(tmp_path, "condconv", [40, 60, 74], 20)
+    df = main(["--from-results", str(tmp_path), "--figure", str(tmp_path / "fig5.png"), "--quiet"])
+    assert list(df["Block"]) == ["Standard", "SE enhanced", "SE and cond conv enhanced"]
+    assert list(df["Best acc % (ours)"]) == [70, 72, 74] and list(df["Final acc % (ours)"]) == [65, 71, 74]
+    assert list(df["Best epoch"]) == [1, 1, 2] and list(df["Time (ours, min)"]) == [0.5, 0.6, 1.0]
+    assert df["Paper acc % (ImageNet-100)"].tolist()[:2] == [72.54, 73.72]
+    assert pd.isna(df["Paper acc % (ImageNet-100)"].iloc[2])       # the paper's empty CondConv row
+    md = (tmp_path / "table3.md").read_text()
+    assert "fashion-mnist (30 train / 10 test images" in md and "Test CPU" in md and "ImageNet" in md
+    assert pd.read_csv(tmp_path / "table3.csv").shape == (3, 12)
+    assert (tmp_path / "fig5.png").stat().st_size > 10_000
+
+
+def test_missing_results_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no histories under"):
+        load_runs(tmp_path)
+
+
+def test_markdown_without_tabulate():
+    assert to_markdown(pd.DataFrame({"a": [1, None], "b": ["x", "y"]})) == "| a | b |\n|---|---|\n| 1.0 | x |\n|  | y |\n"
+
+
+def test_table4_guard(tmp_path, monkeypatch, capsys):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_complexity(name, *args, **kw):
+        if name.endswith("complexity") or (args and args[2] and "complexity" in args[2]):
+            raise ImportError("No module named 'irnet_lib.complexity'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_complexity)
+    assert reproduce._table4(tmp_path, quiet=True) is None
+    assert "Table 4 skipped" in capsys.readouterr().out
+
+
+def test_quick_command_end_to_end(tmp_path):
+    """The README's main job, shrunk further: three blocks, two epochs of ten images each."""
+    df = main(["--quick", "--train-subset", "10", "--test-subset", "10", "--epochs", "2", "--batch-size", "10",
+               "--out", str(tmp_path / "quick"), "--figure", str(tmp_path / "fig5.png"), "--quiet"])
+    assert len(df) == 3 and (tmp_path / "fig5.png").is_file() and (tmp_path / "quick" / "table3.md").is_file()
+    for block in ("standard", "se", "condconv"):
+        assert (tmp_path / "quick" / block / "history.csv").is_file()
