@@ -11,8 +11,13 @@ Two kernel shapes matter here, both drawn in Figure 4:
 - fully grouped (depthwise, ``groups == channels``): a "3D" weight tensor per expert;
 - not grouped (the 1x1 convs): a "4D" weight tensor per expert.
 
-The fast path never loops over the batch in Python: 1x1 kernels become one batched matmul,
-every other kernel one grouped convolution over the whole batch (groups multiplied by B).
+The fast path never loops over the batch in Python. Two formulations, chosen per layer by a
+multiply-add count (:func:`choose_method`):
+- "mix": the per-example kernels are materialised, then 1x1 kernels become one batched matmul and
+  every other kernel one grouped convolution over the whole batch (groups multiplied by B);
+- "wide": the input is scaled by each r_m and stacked M times along channels, then one ordinary
+  conv with all M experts side by side: no per-example kernel, but M times the conv's work. It
+  pays only on feature maps of a few pixels, smaller than any in IR-NET.
 ``condconv2d_reference`` is the plain per-example loop the tests compare against.
 """
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Routing", "CondConv2d", "condconv2d", "condconv2d_reference"]
+__all__ = ["Routing", "CondConv2d", "condconv2d", "condconv2d_reference", "choose_method", "METHODS"]
 
 
 class Routing(nn.Module):
@@ -38,7 +43,11 @@ class Routing(nn.Module):
         self.fc = nn.Linear(in_channels, num_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(x.mean((2, 3))))
+        # A sum then a scale on the (B, C) result, not x.mean(): the mean's backward divides a
+        # full-size broadcast gradient (one more pass over the feature map per conv), the sum's
+        # hands back a stride-0 view. Measured ~10 % of the CondConv network's CPU training step.
+        pooled = x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
+        return torch.sigmoid(self.fc(pooled))
 
 
 def _mix(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -46,35 +55,128 @@ def _mix(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (routing_weights @ weight.flatten(1)).view(-1, *weight.shape[1:])
 
 
-def condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1):
-    """Functional CondConv: ``weight`` is (M, C_out, C_in/groups, F, F), ``routing_weights`` (B, M)."""
+METHODS = ("auto", "mix", "wide")
+
+# How many GEMM multiply-adds one multiply-add of kernel mixing costs. Mixing is a skinny (B x M)
+# by (M x kernel) product: memory-bound; it writes B kernels, the batched per-example conv reads
+# them back, and the backward pass writes and reads B kernel gradients again; a batched matmul of
+# small per-example matrices is also less efficient than one big GEMM. Measured on a 2-core
+# AVX-512 CPU (fwd+bwd, batch 64, 1x1 convs of IR-NET's widths): mixing 2x faster than wide at
+# 7x7, wide 2.6x faster at 3x3, break-even near 5x5; (M - 1) * 23 / M ~ 17.
+_MIX_COST_FACTOR = 16.0
+
+
+def choose_method(batch: int, num_experts: int, out_hw: int) -> str:
+    """The cheaper of the two formulations for one conditional conv, by counting multiply-adds.
+
+    - "mix": per-example kernels; the extra work over an ordinary conv is the mixing itself,
+      ``B * M * C_out * C_in/g * F * F`` (weighted by ``_MIX_COST_FACTOR``).
+    - "wide": the input scaled by each r_m and stacked M times along channels, then one ordinary
+      conv against all experts at once; no per-example kernel, but the conv is M times wider, so the
+      extra is ``(M - 1) * B * H_out * W_out * C_out * C_in/g * F * F``.
+
+    The kernel size and channel counts cancel: wide wins only where ``(M - 1) * H_out * W_out``
+    is below ``_MIX_COST_FACTOR * M`` (with M = 4: feature maps of 4x4 or smaller). IR-NET's
+    smallest maps are 7x7, so it always mixes; the wide form is there for smaller inputs.
+    """
+    del batch  # both extras scale with B, it cancels too
+    return "wide" if (num_experts - 1) * out_hw < _MIX_COST_FACTOR * num_experts else "mix"
+
+
+def _out_size(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _mixed_pointwise(x, weight, r, stride):
+    """1x1, not grouped: y_b = W(x_b) @ x_b, one batched matmul in the input's memory format."""
+    B, C = x.shape[:2]
+    M, c_out = weight.shape[:2]
+    channels_last = _channels_last(x)  # before striding: a strided view is neither layout
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride]
+    H, W = x.shape[-2:]
+    if channels_last:
+        # (B, H*W, C) @ (B, C, C_out). The kernels are mixed already transposed, (B, C, C_out), so
+        # that the backward pass's per-example kernel gradient comes out contiguous (mixing in the
+        # (C_out, C) layout and transposing costs a full copy of B kernels in the backward pass).
+        w_t = (r @ weight.view(M, c_out, C).transpose(1, 2).reshape(M, C * c_out)).view(B, C, c_out)
+        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(B, H * W, C), w_t)
+        return y.view(B, H, W, c_out).permute(0, 3, 1, 2)
+    w = (r @ weight.view(M, c_out * C)).view(B, c_out, C)
+    return torch.bmm(w, x.reshape(B, C, H * W)).view(B, c_out, H, W)
+
+
+def _mixed_grouped(x, weight, r, stride, padding, groups):
+    """Any other kernel: fold the batch into the channel axis and run one grouped convolution
+    whose groups are (example, original group). For a depthwise conv this is again a depthwise
+    conv, with B*C channels, so it costs what the ordinary one costs."""
     B, C, H, W = x.shape
-    c_out, _, kh, kw = weight.shape[1:]
-    w = _mix(routing_weights.to(weight.dtype), weight)  # (B, C_out, C_in/groups, F, F)
-
-    if kh == kw == 1 and groups == 1 and padding == 0:
-        # A 1x1 conv is a matmul over channels: y_b = W_b @ x_b, batched over b. Done in the
-        # input's own memory format, so channels_last activations stay copy-free.
-        if stride != 1:
-            x = x[:, :, ::stride, ::stride]
-        H, W = x.shape[-2:]
-        w = w.view(B, c_out, C).to(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            y = torch.bmm(x.permute(0, 2, 3, 1).reshape(B, H * W, C), w.transpose(1, 2))
-            return y.view(B, H, W, c_out).permute(0, 3, 1, 2)
-        return torch.bmm(w, x.reshape(B, C, H * W)).view(B, c_out, H, W)
-
-    # Any other kernel: fold the batch into the channel axis and run one grouped convolution
-    # whose groups are (example, original group). For a depthwise conv this is again a
-    # depthwise conv, with B*C channels, so it costs what the ordinary one costs.
-    y = F.conv2d(
-        x.reshape(1, B * C, H, W),
-        w.reshape(B * c_out, *w.shape[2:]).to(x.dtype),
-        stride=stride,
-        padding=padding,
-        groups=B * groups,
-    )
+    c_out = weight.shape[1]
+    w = _mix(r, weight)
+    w = w.reshape(B * c_out, *w.shape[2:])
+    if _channels_last(x):
+        # Folded channels_last, (1, H, W, B*C) in memory: the depthwise kernels of the CPU
+        # library are fast in that layout and slow on a one-image NCHW tensor (measured 1.5-2.5x
+        # for the whole fwd+bwd including the two layout copies).
+        xf = x.permute(2, 3, 0, 1).reshape(1, H, W, B * C).permute(0, 3, 1, 2)
+        y = F.conv2d(xf, w, stride=stride, padding=padding, groups=B * groups)
+        Ho, Wo = y.shape[-2:]
+        y = y.permute(0, 2, 3, 1).reshape(Ho, Wo, B, c_out).permute(2, 3, 0, 1)
+        return y.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x.reshape(1, B * C, H, W), w, stride=stride, padding=padding, groups=B * groups)
     return y.view(B, c_out, *y.shape[-2:])
+
+
+def _wide(x, weight, r, stride, padding, groups):
+    """sum_m r_m (W_m * x) = [W_1 .. W_M] * [r_1 x; ..; r_M x]: the input scaled by each expert's
+    routing weight and stacked along channels, then one ordinary conv with all experts' kernels
+    side by side. No per-example kernel; M times the conv's multiply-adds."""
+    B, C, H, W = x.shape
+    M, c_out, cin_g, kh, kw = weight.shape
+    # Channel order (group, expert, channel-in-group) so each group of the wide conv sees its
+    # own channels once per expert.
+    w_cat = (weight.view(M, groups, c_out // groups, cin_g, kh, kw).permute(1, 2, 0, 3, 4, 5)
+             .reshape(c_out, M * cin_g, kh, kw))
+    if _channels_last(x):
+        xw = x.permute(0, 2, 3, 1).view(B, H, W, groups, 1, cin_g) * r.view(B, 1, 1, 1, M, 1)
+        xw = xw.reshape(B, H, W, groups * M * cin_g).permute(0, 3, 1, 2)
+        if kh == kw == 1 and groups == 1 and padding == 0:
+            # A 1x1 conv is one plain GEMM over all pixels of all examples.
+            if stride != 1:
+                xw = xw[:, :, ::stride, ::stride]
+            Ho, Wo = xw.shape[-2:]
+            y = xw.permute(0, 2, 3, 1).reshape(B * Ho * Wo, M * C) @ w_cat.view(c_out, M * C).t()
+            return y.view(B, Ho, Wo, c_out).permute(0, 3, 1, 2)
+    else:
+        xw = (x.view(B, groups, 1, cin_g, H, W) * r.view(B, 1, M, 1, 1, 1)).reshape(B, groups * M * cin_g, H, W)
+    return F.conv2d(xw, w_cat, stride=stride, padding=padding, groups=groups)
+
+
+def condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1, *, method="auto"):
+    """Functional CondConv: ``weight`` is (M, C_out, C_in/groups, F, F), ``routing_weights`` (B, M).
+
+    ``method``: "mix" (one kernel per example, then one batched conv), "wide" (M-times-wider input,
+    one ordinary conv, no per-example kernel) or "auto" (the cheaper by :func:`choose_method`).
+    All three compute the same function; the tests hold each against ``condconv2d_reference``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    B, C, H, W = x.shape
+    M, c_out, _, kh, kw = weight.shape
+    r = routing_weights.to(x.dtype)
+    weight = weight.to(x.dtype)
+    if method == "auto":
+        out_hw = _out_size(H, kh, stride, padding) * _out_size(W, kw, stride, padding)
+        method = choose_method(B, M, out_hw)
+    if method == "wide":
+        return _wide(x, weight, r, stride, padding, groups)
+    if kh == kw == 1 and groups == 1 and padding == 0:
+        return _mixed_pointwise(x, weight, r, stride)
+    return _mixed_grouped(x, weight, r, stride, padding, groups)
 
 
 def condconv2d_reference(x, weight, routing_weights, stride=1, padding=0, groups=1):
@@ -96,10 +198,12 @@ class CondConv2d(nn.Module):
         routing: build an own routing function ``r(x)`` from this conv's input (Figure 4,
             the paper's drawing). With ``routing=False`` the caller passes ``routing_weights``
             to ``forward`` (the EfficientNet-CondConv form: one routing vector per block).
+        method: how the conv is computed, "auto" (default), "mix" or "wide"; see
+            :func:`condconv2d`. Same function either way; only the speed differs.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, groups=1, *,
-                 num_experts=4, routing=True):
+                 num_experts=4, routing=True, method="auto"):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
@@ -107,6 +211,9 @@ class CondConv2d(nn.Module):
         self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
         self.padding = kernel_size // 2
         self.num_experts = num_experts
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
         # Stored flat per expert, (M, C_out, C_in/groups * F * F): a 5-D parameter would make
         # ``model.to(memory_format=torch.channels_last)`` fail. ``expert_weights`` is the 5-D view.
         self.weight = nn.Parameter(
@@ -131,7 +238,8 @@ class CondConv2d(nn.Module):
                 raise ValueError("this CondConv2d was built with routing=False (per-block routing): "
                                  "pass routing_weights of shape (batch, num_experts)")
             routing_weights = self.routing(x)
-        return condconv2d(x, self.expert_weights, routing_weights, self.stride, self.padding, self.groups)
+        return condconv2d(x, self.expert_weights, routing_weights, self.stride, self.padding, self.groups,
+                          method=self.method)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

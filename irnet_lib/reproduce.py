@@ -222,6 +222,7 @@ def main(argv=None):
     p.add_argument("--from-results", default=None, help="only rebuild Table 3 and Figure 5 from this folder")
     p.add_argument("--data", default=None)
     p.add_argument("--root", default="data")
+    p.add_argument("--download", action="store_true", help="fetch the dataset where there is internet")
     p.add_argument("--out", default=None, help="results folder (default results/<data> or results/quick-sample)")
     p.add_argument("--figure", default=None, help="Figure 5 path (default figures/fig5_<results folder>.png)")
     p.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS)
@@ -250,7 +251,7 @@ def main(argv=None):
     return reproduce(args.data, out_dir=args.out, root=args.root, blocks=args.blocks, recipe=recipe_from_args(args),
                      train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
                      figure=args.figure, quiet=args.quiet, device=args.device, precision=args.precision,
-                     compile=args.compile)
+                     compile=args.compile, download=args.download)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,8 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         meta: what the run is (variant, dataset, sizes...); its ``"config"`` entry, together with
             the recipe and the model's layout, must match a checkpoint to resume from it.
         precision: "auto" (bf16 autocast on a GPU, fp32 on a CPU), "bf16" or "fp32".
-        channels_last: NHWC memory format (default: on a GPU).
+        channels_last: NHWC memory format (default on): the fast layout for depthwise convs on
+            GPUs and on CPUs alike (about 1.5x on a 2-core CPU, see ``irnet_lib.bench``).
         compile: wrap the model in ``torch.compile(**compile_kwargs)``.
         resume: continue from ``out_dir/last.pt`` when it exists (``False``: start over).
         max_epochs: stop after this many epochs *in this call* (a time-boxed session); calling
@@ -219,7 +220,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    channels_last = True if channels_last is None else channels_last
     sync_every = sync_every or (1 if device.type == "cpu" else 50)
     out_dir = Path(out_dir) if out_dir is not None else None
     steps = len(train_loader)
@@ -386,8 +387,8 @@ def _init_distributed(device):
 
 
 def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recipe | None = None,
-          out_dir=None, root="data", train_subset: int | None = None, test_subset: int | None = None,
-          seed: int = 0, device=None, pipeline: str = "auto", model_kwargs: dict | None = None,
+          out_dir=None, root="data", download: bool = False, train_subset: int | None = None,
+          test_subset: int | None = None, seed: int = 0, device=None, pipeline: str = "auto", model_kwargs: dict | None = None,
           num_workers: int | None = None, **fit_kwargs) -> Run:
     """Train IR-NET with ``block`` on a dataset of ``irnet_lib.data`` (a name, or an ``ImageData``).
 
@@ -402,7 +403,8 @@ def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recip
     recipe = recipe or Recipe()
     device, rank, world = _init_distributed(device)
     if isinstance(data, str):
-        data = load_dataset(data, root, train_subset=train_subset, test_subset=test_subset, seed=seed)
+        data = load_dataset(data, root, download=download, train_subset=train_subset,
+                            test_subset=test_subset, seed=seed)
     if data.num_classes != recipe.data_num_classes:
         recipe = replace(recipe, data_num_classes=data.num_classes)
     if recipe.data_batch_size % world:
@@ -412,7 +414,7 @@ def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recip
     torch.manual_seed(seed)   # the same initial weights on every rank and in every resumed session
     model = irnet(block, num_classes=data.num_classes, **(model_kwargs or {}))
     cl = fit_kwargs.get("channels_last")
-    cl = device.type == "cuda" if cl is None else cl
+    cl = True if cl is None else cl
     loaders = [make_loader(data, split, batch, device=device, pipeline=pipeline, seed=seed, rank=rank,
                            world_size=world, channels_last=cl, num_workers=num_workers)
                for split in ("train", "test")]
@@ -435,6 +437,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block", default="standard", choices=["standard", "se", "condconv"])
     p.add_argument("--data", default="fashion-mnist-sample", help="a name of irnet_lib.data.DATASETS")
     p.add_argument("--root", default="data", help="data folder (see irnet_lib.data.load_dataset)")
+    p.add_argument("--download", action="store_true", help="fetch the dataset where there is internet")
     p.add_argument("--out", default=None, help="run folder (default results/<data>/<block>)")
     p.add_argument("--epochs", type=int, default=None,
                    help="compress the schedule's shape into this many epochs (default: Table 2's 55)")
@@ -476,7 +479,7 @@ def main(argv=None) -> Run:
     args = _parser().parse_args(argv)
     recipe = recipe_from_args(args)
     out = args.out or os.path.join("results", args.data, args.block)
-    run = train(args.block, args.data, recipe=recipe, out_dir=out, root=args.root,
+    run = train(args.block, args.data, recipe=recipe, out_dir=out, root=args.root, download=args.download,
                 train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
                 device=args.device, pipeline=args.pipeline, num_workers=args.workers,
                 precision=args.precision, channels_last=args.channels_last, compile=args.compile,

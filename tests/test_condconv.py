@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from irnet_lib.condconv import CondConv2d, Routing, condconv2d, condconv2d_reference
+from irnet_lib.condconv import CondConv2d, Routing, choose_method, condconv2d, condconv2d_reference
 
 
 def _case(kind, stride, batch, channels_last, seed=0):
@@ -16,16 +16,17 @@ def _case(kind, stride, batch, channels_last, seed=0):
     return conv, x.requires_grad_()
 
 
+@pytest.mark.parametrize("method", ["mix", "wide", "auto"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
-def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, train):
+def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, train, method):
     conv, x = _case(kind, stride, batch, channels_last)
     conv.train(train)
     r = conv.routing(x)
-    fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
+    fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups, method=method)
     ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
     assert fast.shape == ref.shape
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
@@ -37,12 +38,41 @@ def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_kernel_general_path():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("method", ["mix", "wide"])
+def test_grouped_kernel_general_path(method, channels_last):
     torch.manual_seed(0)
-    conv = CondConv2d(8, 12, 3, 1, groups=4, num_experts=3)
+    conv = CondConv2d(8, 12, 3, 1, groups=4, num_experts=3, method=method)
     x = torch.randn(3, 8, 7, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     r = conv.routing(x)
     torch.testing.assert_close(conv(x), condconv2d_reference(x, conv.expert_weights, r, 1, 1, 4), atol=1e-5, rtol=1e-5)
+
+
+def test_cost_rule_mixes_on_irnet_maps_and_goes_wide_on_tiny_ones():
+    # IR-NET's feature maps are 56x56 down to 7x7: always the per-example kernels there.
+    assert all(choose_method(64, 4, s * s) == "mix" for s in (7, 14, 28, 56))
+    assert choose_method(64, 4, 2 * 2) == "wide"
+    # One expert: the "wide" conv is the ordinary conv of the r-scaled input, no extra work at all.
+    assert choose_method(64, 1, 56 * 56) == "wide"
+
+
+def test_wide_small_map_output_keeps_channels_last():
+    conv = CondConv2d(6, 10, 1, num_experts=4)
+    x = torch.randn(2, 6, 2, 2).contiguous(memory_format=torch.channels_last)
+    assert choose_method(2, 4, 4) == "wide"
+    r = conv.routing(x)
+    y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, condconv2d_reference(x, conv.expert_weights, r), atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="method"):
+        CondConv2d(4, 4, 1, method="fast")
+    with pytest.raises(ValueError, match="method"):
+        condconv2d(torch.randn(1, 4, 3, 3), torch.randn(2, 4, 4, 1, 1), torch.rand(1, 2), method="fast")
 
 
 def test_one_hot_routing_is_that_expert_as_a_plain_conv():

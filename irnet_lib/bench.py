@@ -1,0 +1,453 @@
+"""Speed of the three IR-NET variants (and torchvision's MobileNetV2 as a familiar reference).
+
+    python -m irnet_lib.bench --short                      # CI-sized: a minute on a 2-core CPU
+    python -m irnet_lib.bench                              # the full CPU run (several minutes)
+    python -m irnet_lib.bench --device cuda                # on a GPU: batch 256, all modes
+
+For every network and every *mode* it measures, at the paper's 56x56 input and 100 classes:
+
+- training throughput: forward + backward + SGD step (the recipe's optimiser), images/s;
+- inference throughput at the training batch size, images/s;
+- latency at batch 1, ms.
+
+Modes: ``eager`` (contiguous fp32, the plain PyTorch default), ``channels_last`` (NHWC fp32),
+``bf16`` (NHWC + bf16 autocast), ``compile`` (NHWC fp32 + ``torch.compile``) and, on a GPU,
+``compile_bf16``. Warm-up calls (and compilation) are excluded; each figure is the median over
+``reps`` repetitions with the spread (IQR and min/max). Repetitions are *interleaved*: every
+repetition times all networks and modes one after the other, so a burst of load from other
+processes on a shared machine hits all of them alike, and ratios are taken per repetition
+(paired) before the median. The printed target ratios:
+
+1. CondConv training step / SE training step (the cost of the conditional convolutions);
+2. the default training path (NHWC fp32 on a CPU) against contiguous fp32 eager;
+3. the 55-epoch recipe on ImageNet-100-sized data (~130k images of 64 px, random uint8 tensors
+   through ``irnet_lib.data.make_loader``'s tensor pipeline), projected from measured steps.
+
+Results go to ``<out>/<device>[-short].json`` with the hardware and library versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .network import irnet
+
+__all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise"]
+
+VARIANTS = ("standard", "se", "condconv", "mobilenet_v2")
+# mode -> (channels_last, bf16 autocast, torch.compile)
+MODES = {
+    "eager": (False, False, False),
+    "channels_last": (True, False, False),
+    "bf16": (True, True, False),
+    "compile": (True, False, True),
+    "compile_bf16": (True, True, True),
+}
+# The training path each device is meant to use: the one the targets are about.
+DEFAULT_MODE = {"cpu": "channels_last", "cuda": "compile_bf16"}
+PAPER_HOURS = {"standard": 5.5, "se": 6.0}   # Table 3, 55 epochs on a Colab GPU
+RECIPE = dict(epochs=55, train_images=130_000, test_images=5_000, image_px=64, batch_size=256)
+IMAGE_SIZE, NUM_CLASSES = 56, 100
+NOISE_NOTE = ("Timings on a machine shared with other processes are noisy: repetitions are interleaved "
+              "across networks and modes, and ratios are medians of per-repetition (paired) ratios.")
+
+
+def build(variant: str, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """One of ``VARIANTS``: an IR-NET block variant, or torchvision's MobileNetV2 (as shipped)."""
+    if variant == "mobilenet_v2":
+        from torchvision.models import mobilenet_v2
+        return mobilenet_v2(num_classes=num_classes)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return irnet(variant, num_classes)
+
+
+def hardware(device: torch.device) -> dict:
+    """What the numbers were measured on, and with which software."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {
+        "device": device.type,
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import torchvision
+        info["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        info["torchvision"] = None
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
+    return {"median": statistics.median(times), "q1": q[0], "q3": q[2], "min": min(times),
+            "max": max(times), "n": len(times)}
+
+
+@dataclass
+class Case:
+    """One network in one mode: its model, optimiser and the three timed callables."""
+    variant: str
+    mode: str
+    device: torch.device
+    batch: int
+    image_size: int
+    compile_s: float = 0.0
+    times: dict = field(default_factory=lambda: {"train": [], "infer": [], "latency": []})
+
+    def __post_init__(self):
+        channels_last, bf16, compiled = MODES[self.mode]
+        torch.manual_seed(0)  # every mode of a variant starts from the same weights
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = build(self.variant).to(self.device, memory_format=fmt)
+        # The recipe's optimiser (SGD, Nesterov momentum 0.9, weight decay 5e-5 on everything);
+        # a small learning rate keeps random-label training finite.
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                                   weight_decay=5e-5)
+        self.net = torch.compile(self.model, dynamic=False) if compiled else self.model
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(self.batch, 3, self.image_size, self.image_size, generator=g)
+        self.x = x.to(self.device).contiguous(memory_format=fmt)
+        self.x1 = self.x[:1].clone(memory_format=fmt)
+        self.y = torch.randint(0, NUM_CLASSES, (self.batch,), generator=g).to(self.device)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = F.cross_entropy(self.net(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+    def infer(self, x):
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            return self.net(x)
+
+    def callables(self):
+        return {"train": self.train_step, "infer": lambda: self.infer(self.x), "latency": lambda: self.infer(self.x1)}
+
+
+def _time(fn, iters: int, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def _paired(a: list[float], b: list[float]) -> dict:
+    return _stats([x / y for x, y in zip(a, b)])
+
+
+@dataclass
+class Settings:
+    device: str = "cpu"
+    short: bool = False
+    batch: int | None = None          # training and inference batch; default 64 (CPU) / 256 (GPU)
+    image_size: int = IMAGE_SIZE
+    reps: int | None = None
+    variants: tuple = VARIANTS
+    modes: tuple | None = None
+    compile: bool | None = None       # None: off in --short mode on a CPU, else on
+    project: bool = True
+    warmup: int = 2
+
+    def resolve(self):
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for but torch.cuda.is_available() is False: "
+                             "run with --device cpu, or on a machine with a GPU")
+        gpu = self.device == "cuda"
+        if self.batch is None:
+            self.batch = (64 if gpu else 16) if self.short else (256 if gpu else 64)
+        if self.reps is None:
+            self.reps = 3 if self.short else (10 if gpu else 5)
+        for name, v in (("batch", self.batch), ("reps", self.reps), ("image_size", self.image_size),
+                        ("warmup", self.warmup + 1)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"unknown variant(s) {bad}: choose from {VARIANTS}")
+        if self.compile is None:
+            self.compile = gpu or not self.short
+        if self.modes is None:
+            self.modes = tuple(m for m in MODES if (gpu or m != "compile_bf16") and (self.compile or "compile" not in m))
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown mode(s) {bad}: choose from {tuple(MODES)}")
+        if not gpu and "compile_bf16" in self.modes:
+            self.modes = tuple(m for m in self.modes if m != "compile_bf16")
+        # iterations per timed repetition: long enough to dwarf timer and launch overheads
+        # (a CPU training step at batch 64 already takes seconds)
+        self.iters = {"train": 1, "infer": 1, "latency": 5} if not gpu else {"train": 10, "infer": 10, "latency": 50}
+        if self.short:
+            self.iters = {k: max(1, v // 5) for k, v in self.iters.items()}
+        return self
+
+
+def run(settings: Settings, log=print) -> dict:
+    """Measure, compute the target ratios, and return everything as one JSON-able dict."""
+    s = settings.resolve()
+    device = torch.device(s.device)
+    hw = hardware(device)
+    log(f"hardware: {hw['gpu'] or 'no GPU'} | CPU {hw['cpu']}, {hw['cpu_cores']} cores, "
+        f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}, "
+        f"python {hw['python']}")
+    log(f"settings: batch {s.batch} (latency: batch 1), {s.image_size}x{s.image_size} input, {s.reps} "
+        f"interleaved repetitions, modes {list(s.modes)}, variants {list(s.variants)}")
+    log(NOISE_NOTE)
+
+    if any(MODES[m][2] for m in s.modes):
+        # The three IR-NET variants share IRNet.forward, and each is compiled for training, batched
+        # inference and batch 1: more graphs per code object than dynamo's default limit of 8,
+        # past which it silently falls back to eager.
+        import torch._dynamo as dynamo
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+        dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 1024)
+
+    cases, skipped = [], {}
+    for mode in s.modes:
+        for variant in s.variants:
+            case = Case(variant, mode, device, s.batch, s.image_size)
+            try:
+                t0 = time.perf_counter()
+                for fn in case.callables().values():   # warm-up (and compilation) excluded
+                    for _ in range(s.warmup):
+                        fn()
+                _sync(device)
+                case.compile_s = time.perf_counter() - t0
+            except Exception as e:  # e.g. no C++ compiler for torch.compile: report, do not die
+                skipped[f"{variant}/{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                log(f"skipped {variant}/{mode}: {skipped[f'{variant}/{mode}']}")
+                continue
+            cases.append(case)
+            log(f"  warmed up {variant:>12s} / {mode:<13s} in {case.compile_s:6.1f} s")
+
+    for rep in range(s.reps):
+        for kind in ("train", "infer", "latency"):
+            for case in cases:
+                case.times[kind].append(_time(case.callables()[kind], s.iters[kind], device))
+        log(f"  repetition {rep + 1}/{s.reps} done")
+
+    rows = []
+    for c in cases:
+        tr, inf, lat = (_stats(c.times[k]) for k in ("train", "infer", "latency"))
+        rows.append({
+            "variant": c.variant, "mode": c.mode, "batch": c.batch,
+            "train_step_ms": {k: v * 1e3 if k != "n" else v for k, v in tr.items()},
+            "train_img_s": c.batch / tr["median"],
+            "train_img_s_iqr": [c.batch / tr["q3"], c.batch / tr["q1"]],
+            "infer_img_s": c.batch / inf["median"],
+            "infer_img_s_iqr": [c.batch / inf["q3"], c.batch / inf["q1"]],
+            "latency_ms": {k: v * 1e3 if k != "n" else v for k, v in lat.items()},
+            "warmup_s": c.compile_s,
+            "raw_s": c.times,
+        })
+    by = {(c.variant, c.mode): c for c in cases}
+    default = DEFAULT_MODE[s.device] if DEFAULT_MODE[s.device] in s.modes else s.modes[-1]
+    ratios = {"default_mode": default}
+    cc_se = {m: _paired(by["condconv", m].times["train"], by["se", m].times["train"])
+             for m in s.modes if ("condconv", m) in by and ("se", m) in by}
+    ratios["condconv_over_se_train"] = {"target_max": 1.3, "by_mode": cc_se}
+    speedup = {v: _paired(by[v, "eager"].times["train"], by[v, default].times["train"])
+               for v in s.variants if (v, "eager") in by and (v, default) in by}
+    ratios["default_over_eager_train_speedup"] = {"target_min": 1.5, "default_mode": default, "by_variant": speedup}
+
+    result = {"hardware": hw, "settings": {k: v for k, v in vars(s).items()}, "rows": rows, "skipped": skipped,
+              "ratios": ratios, "note": NOISE_NOTE}
+    if s.project:
+        result["projection"] = project(s, device, default, rows, log=log)
+    if hasattr(os, "getloadavg"):
+        hw["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    result["gpu_target_note"] = (
+        "The GPU target (55 epochs of the standard variant in under 10 minutes on one H100, data pipeline "
+        "included) is " + ("measured in this run's projection." if s.device == "cuda" else
+                           "UNMEASURED here: this run had no GPU. The cuda code path (batch 256, bf16 autocast, "
+                           "channels_last, torch.compile, data kept on the GPU) exists: run "
+                           "`python -m irnet_lib.bench --device cuda` on a GPU machine."))
+    return result
+
+
+def _random_imagenet100(n_train: int, px: int, num_classes: int = NUM_CLASSES):
+    """ImageNet-100-sized stand-in: random uint8 images of ``px`` pixels as an ImageData."""
+    from .data import ImageData
+    from .data.datasets import TensorImages
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (n_train, 3, px, px), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (n_train,), generator=g)
+    test = TensorImages(imgs[:1], labels[:1], size=px)  # unused: the projection only trains
+    return ImageData("random-imagenet100", [str(i) for i in range(num_classes)], TensorImages(imgs, labels, size=px),
+                     test, image_size=px, source="random uint8 tensors (bench)")
+
+
+def project(s: Settings, device, mode: str, rows: list[dict], log=print) -> dict:
+    """The recipe's wall time (55 epochs of ~130k images, plus a 5k-image test pass per epoch),
+    projected from measured training steps *through the data pipeline* where it exists (random
+    uint8 images of 64 px, ``make_loader``'s tensor pipeline), else from the model-only table."""
+    r = RECIPE
+    steps_per_epoch = math.ceil(r["train_images"] / s.batch)
+    infer = {row["variant"]: row["infer_img_s"] for row in rows if row["mode"] == mode}
+    out = {"recipe": dict(r, batch_size=s.batch), "mode": mode, "device": device.type, "variants": {}}
+    try:
+        from .data import make_loader
+    except ImportError:
+        make_loader = None
+    channels_last, bf16, compiled = MODES[mode]
+    measure = 2 if s.short else (5 if device.type == "cpu" else steps_per_epoch)
+    warm = 1 if s.short else 3
+    # On a GPU the whole 130k set lives in GPU memory; on a CPU a pool of just the images the
+    # measured steps use (a step's cost does not depend on how many images are in the pool).
+    pool = r["train_images"] if device.type == "cuda" and not s.short else (measure + warm) * s.batch
+    data = _random_imagenet100(pool, r["image_px"]) if make_loader is not None else None
+    for variant in [v for v in s.variants if v != "mobilenet_v2"]:
+        case = Case(variant, mode, device, s.batch, s.image_size)
+        if data is not None:
+            loader = make_loader(data, "train", s.batch, device=device, pipeline="tensor",
+                                 channels_last=channels_last)
+
+            def batches():
+                epoch = 0
+                while True:
+                    loader.set_epoch(epoch)
+                    yield from loader
+                    epoch += 1
+
+            it = batches()
+
+            def step():
+                case.x, case.y = next(it)
+                case.train_step()
+        else:
+            step = case.train_step
+        for _ in range(warm):
+            step()
+        t = _time(step, measure, device)
+        test_s = r["test_images"] / infer[variant] if variant in infer else 0.0
+        total_s = r["epochs"] * (steps_per_epoch * t + test_s)
+        entry = {"step_s": t, "measured_steps": measure, "data_pipeline": data is not None,
+                 "epoch_s": steps_per_epoch * t + test_s, "total_s": total_s,
+                 "total_h": total_s / 3600, "paper_h": PAPER_HOURS.get(variant)}
+        out["variants"][variant] = entry
+        log(f"  projected {variant}: {t * 1e3:.0f} ms/step -> {total_s / 3600:.2f} h for the recipe")
+    return out
+
+
+def summarise(result: dict) -> str:
+    """The table and the three target ratios, as printed."""
+    import pandas as pd
+    hw = result["hardware"]
+    lines = [f"Hardware: {hw['gpu'] or 'no GPU'} | CPU: {hw['cpu']}, {hw['cpu_cores']} cores, "
+             f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}"]
+    if "load_average_at_start" in hw:
+        lines.append(f"Load average (1, 5, 15 min) at start {hw['load_average_at_start']}, "
+                     f"at end {hw.get('load_average_at_end')}")
+    table = pd.DataFrame([{
+        "variant": r["variant"], "mode": r["mode"],
+        "train img/s": r["train_img_s"], "train IQR": "{:.0f}-{:.0f}".format(*r["train_img_s_iqr"]),
+        "infer img/s": r["infer_img_s"], "infer IQR": "{:.0f}-{:.0f}".format(*r["infer_img_s_iqr"]),
+        "latency ms": r["latency_ms"]["median"],
+        "latency min-max": "{:.1f}-{:.1f}".format(r["latency_ms"]["min"], r["latency_ms"]["max"]),
+    } for r in result["rows"]])
+    b = result["settings"]["batch"]
+    lines.append(f"\nBatch {b} for training and inference throughput, batch 1 for latency; "
+                 f"median over {result['settings']['reps']} interleaved repetitions.")
+    lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    rt = result["ratios"]
+    lines.append("\nTarget ratios (" + result["note"] + ")")
+    cc = rt["condconv_over_se_train"]["by_mode"]
+    for m, st in cc.items():
+        mark = "  <- default path" if m == rt["default_mode"] else ""
+        lines.append(f"(1) condconv / se training step time, {m:>13s}: {st['median']:.2f}x "
+                     f"(IQR {st['q1']:.2f}-{st['q3']:.2f}; target <= 1.3x){mark}")
+    for v, st in rt["default_over_eager_train_speedup"]["by_variant"].items():
+        lines.append(f"(2) {rt['default_mode']} over contiguous fp32 eager, training, {v:>12s}: "
+                     f"{st['median']:.2f}x faster (IQR {st['q1']:.2f}-{st['q3']:.2f}; target >= 1.5x)")
+    if "projection" in result:
+        p = result["projection"]
+        rc = p["recipe"]
+        for v, e in p["variants"].items():
+            paper = f", paper: {e['paper_h']} h on a Colab GPU" if e["paper_h"] else ""
+            how = "with the tensor data pipeline" if e["data_pipeline"] else "model only"
+            lines.append(f"(3) {v:>8s}: {rc['epochs']} epochs x {rc['train_images']:,} images ({rc['image_px']} px, "
+                         f"batch {rc['batch_size']}, {p['mode']}, {how}) projected from {e['measured_steps']} "
+                         f"measured steps: {e['total_h']:.2f} h ({e['total_s'] / 60:.0f} min) on {p['device']}{paper}")
+    lines.append(result["gpu_target_note"])
+    if result["skipped"]:
+        lines.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()))
+    return "\n".join(lines)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m irnet_lib.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--short", action="store_true", help="CI-sized: batch 16 on CPU, 3 repetitions, no compile")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default="results/bench", help="folder for the JSON results")
+    p.add_argument("--batch", type=int, help="batch size (default 64 on CPU, 256 on GPU; 16/64 with --short)")
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument("--reps", type=int, help="interleaved repetitions (default 5 CPU, 10 GPU, 3 short)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--modes", nargs="+", choices=list(MODES), help="default: every mode that applies")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="include torch.compile")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    p.add_argument("--no-project", dest="project", action="store_false", help="skip the 55-epoch projection")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each kind before timing")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = Settings(device=args.device, short=args.short, batch=args.batch, image_size=args.image_size, reps=args.reps,
+                 variants=tuple(args.variants), modes=tuple(args.modes) if args.modes else None,
+                 compile=args.compile, project=args.project, warmup=args.warmup)
+    result = run(s)
+    text = summarise(result)
+    print("\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{args.device}{'-short' if args.short else ''}.json"
+    result["summary"] = text
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"\nsaved {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

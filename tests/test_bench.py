@@ -1,0 +1,72 @@
+"""The benchmark's short mode on tiny settings: it runs, prints its table and ratios, saves JSON.
+
+No timing is asserted (the CI machine is shared and slow); only that every figure is there.
+"""
+import json
+
+import pytest
+
+from irnet_lib import bench
+
+TINY = ["--short", "--batch", "2", "--image-size", "32", "--reps", "2", "--warmup", "1",
+        "--variants", "se", "condconv", "--modes", "eager", "channels_last"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = bench.main(TINY + ["--out", str(out)])
+    return result, out / "cpu-short.json"
+
+
+def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
+    result, path = tiny_run
+    saved = json.loads(path.read_text())
+    assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["torch"]
+    assert {(r["variant"], r["mode"]) for r in saved["rows"]} == {
+        (v, m) for v in ("se", "condconv") for m in ("eager", "channels_last")}
+    for row in saved["rows"]:
+        assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and row["latency_ms"]["median"] > 0
+        assert len(row["raw_s"]["train"]) == 2   # one time per repetition
+        lo, hi = row["train_img_s_iqr"]
+        assert lo <= row["train_img_s"] <= hi
+    ratios = saved["ratios"]
+    assert ratios["default_mode"] == "channels_last"
+    assert set(ratios["condconv_over_se_train"]["by_mode"]) == {"eager", "channels_last"}
+    assert set(ratios["default_over_eager_train_speedup"]["by_variant"]) == {"se", "condconv"}
+
+
+def test_projection_goes_through_the_data_pipeline(tiny_run):
+    result, _ = tiny_run
+    proj = result["projection"]
+    assert proj["recipe"]["epochs"] == 55 and proj["recipe"]["train_images"] == 130_000
+    for v in ("se", "condconv"):
+        entry = proj["variants"][v]
+        assert entry["total_s"] > 0 and entry["measured_steps"] >= 1
+        assert entry["data_pipeline"] is True
+    assert "UNMEASURED" in result["gpu_target_note"]
+
+
+def test_summary_prints_the_three_target_ratios(tiny_run):
+    text = tiny_run[0]["summary"]
+    for needle in ("Hardware:", "(1) condconv / se", "(2) channels_last over contiguous fp32 eager", "(3)", "noisy"):
+        assert needle in text
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="variant"):
+        bench.build("resnet50")
+    with pytest.raises(ValueError, match="batch"):
+        bench.Settings(batch=0).resolve()
+    with pytest.raises(ValueError, match="mode"):
+        bench.Settings(modes=("fast",)).resolve()
+    with pytest.raises(ValueError, match="device"):
+        bench.Settings(device="tpu").resolve()
+
+
+def test_cuda_request_without_gpu_says_so():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="cuda"):
+        bench.Settings(device="cuda").resolve()
