@@ -145,7 +145,10 @@ def _check_se_reduction(se_reduction, in_channels, expansion):
 
 def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
                    se_reduction=4, num_experts=4, routing="conv"):
-    """[A] Standard block (Figure 2A). ``se_reduction``, ``num_experts`` and ``routing`` are accepted
+    """[A] Standard block (Figure 2A).
+
+    Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
+    S = ``stride``, ID = ``identity``. ``se_reduction``, ``num_experts`` and ``routing`` are accepted
     and ignored so that the three blocks share one signature."""
     _check_common(in_channels, out_channels, expansion, kernel_size, stride)
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
@@ -154,7 +157,10 @@ def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, str
 
 def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
              se_reduction=4, num_experts=4, routing="conv"):
-    """[B] SE-enhanced block (Figures 2B, 3): block [A] with squeeze-and-excite on the Ne channels."""
+    """[B] SE-enhanced block (Figures 2B, 3): block [A] with squeeze-and-excite on the Ne channels.
+
+    Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
+    S = ``stride``, ID = ``identity``, R = ``se_reduction`` (Ne // R hidden units)."""
     _check_common(in_channels, out_channels, expansion, kernel_size, stride)
     _check_se_reduction(se_reduction, in_channels, expansion)
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
@@ -165,6 +171,9 @@ def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1,
 def condconv_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
                    se_reduction=4, num_experts=4, routing="conv"):
     """[C] SE + CondConv block (Figures 2C, 4): block [B] whose three convs are conditional.
+
+    Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
+    S = ``stride``, ID = ``identity``, R = ``se_reduction``, M = ``num_experts``.
 
     ``routing="conv"`` (default, as Figure 4 draws it): every conditional conv routes on its own
     input. ``routing="block"`` (EfficientNet-CondConv): one routing vector from the block input,

@@ -11,13 +11,7 @@ from irnet_lib.data import DATASETS, ImageData, load_dataset, stratified_indices
 from irnet_lib.data.datasets import read_idx, to_rgb
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: multi-threaded small ops only wait for each other
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_idx(path, array, gz=True):

@@ -18,12 +18,7 @@ from irnet_lib.data.download import check_zip
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def jpeg_bytes(seed, size=(80, 64), mode="RGB", fmt="JPEG"):

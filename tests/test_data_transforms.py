@@ -10,12 +10,7 @@ from irnet_lib.data import (CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, TensorLoader
                             TorchvisionLoader, load_dataset, make_loader, sample_crop_boxes, test_transform)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
