@@ -124,23 +124,40 @@ def _plain_conv(c_in, c_out, kernel_size, stride, groups):
     return nn.Conv2d(c_in, c_out, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
 
 
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """The one argument check of the library: an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_kernel_size(kernel_size) -> None:
+    check_int("kernel_size (F)", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size (F) must be odd, such as 3 or 5 (padding F // 2 keeps the size), "
+                         f"got {kernel_size!r}")
+
+
+def check_routing(routing) -> None:
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+
+
 def _check_common(in_channels, out_channels, expansion, kernel_size, stride):
-    for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_int("in_channels", in_channels)
+    check_int("out_channels", out_channels)
     if not expansion > 0 or round(expansion * in_channels) < 1:
         raise ValueError(f"expansion must be > 0 and leave at least one expanded channel, got {expansion!r}")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size (F) must be an odd positive int such as 3 or 5, got {kernel_size!r}")
+    check_kernel_size(kernel_size)
     if stride not in (1, 2):
         raise ValueError(f"stride (S) must be 1 or 2, got {stride!r}")
 
 
 def _check_se_reduction(se_reduction, in_channels, expansion):
+    check_int("se_reduction (R)", se_reduction)
     mid = round(expansion * in_channels)
-    if not isinstance(se_reduction, int) or se_reduction < 1 or mid // se_reduction < 1:
-        raise ValueError(f"se_reduction (R) must be an int >= 1 that leaves at least one SE hidden unit "
-                         f"(Ne // R >= 1, Ne={mid}), got {se_reduction!r}")
+    if mid // se_reduction < 1:
+        raise ValueError(f"se_reduction (R) must leave at least one SE hidden unit (Ne // R >= 1, Ne={mid}), "
+                         f"got {se_reduction!r}")
 
 
 def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
@@ -181,10 +198,8 @@ def condconv_block(in_channels, out_channels, *, expansion=4, kernel_size=3, str
     """
     _check_common(in_channels, out_channels, expansion, kernel_size, stride)
     _check_se_reduction(se_reduction, in_channels, expansion)
-    if not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts (M) must be an int >= 1, got {num_experts!r}")
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+    check_int("num_experts (M)", num_experts)
+    check_routing(routing)
     per_conv = routing == "conv"
 
     def cond_conv(c_in, c_out, kernel_size, stride, groups):

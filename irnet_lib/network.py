@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, ROUTING_MODES
+from .blocks import BLOCKS, check_int, check_kernel_size, check_routing
 
 __all__ = ["Row", "TABLE_1", "IRNet", "irnet", "make_divisible", "table1_rows"]
 
@@ -133,19 +133,15 @@ def irnet(block: str = "standard", num_classes: int = 100, *, width_mult: float 
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    # Checked here, before any layer is built, with the blocks' own checks.
+    check_int("num_classes", num_classes)
     _positive("width_mult", width_mult)
     _positive("depth_mult", depth_mult)
     _positive("expansion", expansion)
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size (F) must be an odd positive int such as 3 or 5, got {kernel_size!r}")
-    if isinstance(se_reduction, bool) or not isinstance(se_reduction, int) or se_reduction < 1:
-        raise ValueError(f"se_reduction (R) must be an int >= 1, got {se_reduction!r}")
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"num_experts (M) must be an int >= 1, got {num_experts!r}")
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+    check_kernel_size(kernel_size)
+    check_int("se_reduction (R)", se_reduction)
+    check_int("num_experts (M)", num_experts)
+    check_routing(routing)
     rows = table1_rows(width_mult, depth_mult, kernel_size)
     return IRNet(BLOCKS[block], num_classes, rows, expansion=expansion, se_reduction=se_reduction,
                  num_experts=num_experts, routing=routing)
