@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import allocator
 from .network import irnet
 
 __all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise"]
@@ -92,6 +93,7 @@ def hardware(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "allocator": allocator.state(),
     }
     try:
         import torchvision
@@ -184,6 +186,7 @@ class Settings:
     compile: bool | None = None       # None: off in --short mode on a CPU, else on
     project: bool = True
     warmup: int = 2
+    plain_allocator: bool = False     # True: glibc's defaults (a plain PyTorch process) on a CPU
 
     def resolve(self):
         if self.device not in ("cpu", "cuda"):
@@ -224,6 +227,8 @@ def run(settings: Settings, log=print) -> dict:
     """Measure, compute the target ratios, and return everything as one JSON-able dict."""
     s = settings.resolve()
     device = torch.device(s.device)
+    if device.type == "cpu":
+        allocator.reuse_freed_memory(not s.plain_allocator)  # as irnet_lib.train.fit does on a CPU
     hw = hardware(device)
     log(f"hardware: {hw['gpu'] or 'no GPU'} | CPU {hw['cpu']}, {hw['cpu_cores']} cores, "
         f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}, "
@@ -372,7 +377,8 @@ def summarise(result: dict) -> str:
     import pandas as pd
     hw = result["hardware"]
     lines = [f"Hardware: {hw['gpu'] or 'no GPU'} | CPU: {hw['cpu']}, {hw['cpu_cores']} cores, "
-             f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}"]
+             f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}"
+             + (f" | malloc: {hw['allocator']}" if hw.get("allocator") and hw["device"] == "cpu" else "")]
     if "load_average_at_start" in hw:
         lines.append(f"Load average (1, 5, 15 min) at start {hw['load_average_at_start']}, "
                      f"at end {hw.get('load_average_at_end')}")
@@ -427,6 +433,8 @@ def _parser():
     p.add_argument("--no-project", dest="project", action="store_false", help="skip the 55-epoch projection")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each kind before timing")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--plain-allocator", action="store_true",
+                   help="leave glibc's malloc at its defaults (training keeps freed memory: irnet_lib.allocator)")
     return p
 
 
@@ -436,13 +444,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     s = Settings(device=args.device, short=args.short, batch=args.batch, image_size=args.image_size, reps=args.reps,
                  variants=tuple(args.variants), modes=tuple(args.modes) if args.modes else None,
-                 compile=args.compile, project=args.project, warmup=args.warmup)
+                 compile=args.compile, project=args.project, warmup=args.warmup,
+                 plain_allocator=args.plain_allocator)
     result = run(s)
     text = summarise(result)
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.device}{'-short' if args.short else ''}.json"
+    path = out / f"{args.device}{'-short' if args.short else ''}{'-plain-allocator' if args.plain_allocator else ''}.json"
     result["summary"] = text
     path.write_text(json.dumps(result, indent=1, default=str))
     print(f"\nsaved {path}")

@@ -23,6 +23,7 @@ multiply-add count (:func:`choose_method`):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -91,23 +92,100 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+# On a CPU the per-example kernels are mixed a few examples at a time, so that a chunk's kernels
+# (and, backward, their gradients) are still in cache when the batched matmul reads them. Mixing
+# the whole batch at once writes B kernels to memory and reads them back in each direction: for
+# IR-NET at batch 64 that is ~0.5 GB per pass, and it made the CondConv network's CPU training step
+# ~1.7x the SE network's. A GPU's cache holds no useful chunk and its launches cost more than its
+# memory traffic: there the whole batch is one chunk.
+_CHUNK_BYTES = 1 << 21
+
+
+def _chunk_size(batch: int, kernel_numel: int, element_size: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return batch
+    return max(1, min(batch, _CHUNK_BYTES // (kernel_numel * element_size)))
+
+
+class _PerExampleMatmul(torch.autograd.Function):
+    """``out_b = x_b @ K_b`` (or ``K_b @ x_b`` with ``kernel_left``), ``K_b = (r_b @ weight).view(kernel_shape)``.
+
+    The mixing and the matmul of each chunk of examples are done together, forward and backward,
+    and no per-example kernel is kept for the backward pass (it is re-mixed: M multiply-adds per
+    kernel weight, cheaper than storing and re-reading it).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, r, kernel_shape, kernel_left):
+        ctx.kernel_shape, ctx.kernel_left = kernel_shape, kernel_left
+        ctx.save_for_backward(x, weight, r)
+        B = x.shape[0]
+        rows, cols = kernel_shape
+        out = x.new_empty((B, rows, x.shape[2]) if kernel_left else (B, x.shape[1], cols))
+        n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
+        for s in range(0, B, n):
+            k = (r[s:s + n] @ weight).view(-1, rows, cols)
+            if kernel_left:
+                torch.bmm(k, x[s:s + n], out=out[s:s + n])
+            else:
+                torch.bmm(x[s:s + n], k, out=out[s:s + n])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, r = ctx.saved_tensors
+        rows, cols = ctx.kernel_shape
+        need_x, need_w, need_r = ctx.needs_input_grad[:3]
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_r = torch.empty_like(r) if need_r else None
+        B = x.shape[0]
+        n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
+        for s in range(0, B, n):
+            g, xs, rs = grad_out[s:s + n], x[s:s + n], r[s:s + n]
+            k = (rs @ weight).view(-1, rows, cols)
+            if need_x:
+                if ctx.kernel_left:
+                    torch.bmm(k.transpose(1, 2), g, out=grad_x[s:s + n])
+                else:
+                    torch.bmm(g, k.transpose(1, 2), out=grad_x[s:s + n])
+            if need_w or need_r:
+                # d out / d K_b, one kernel gradient per example, flattened like ``weight``'s rows
+                gk = (torch.bmm(g, xs.transpose(1, 2)) if ctx.kernel_left
+                      else torch.bmm(xs.transpose(1, 2), g)).view(g.shape[0], -1)
+                if need_r:
+                    torch.mm(gk, weight.t(), out=grad_r[s:s + n])
+                if need_w:
+                    grad_w.addmm_(rs.t(), gk)
+        return grad_x, grad_w, grad_r, None, None
+
+
 def _mixed_pointwise(x, weight, r, stride):
-    """1x1, not grouped: y_b = W(x_b) @ x_b, one batched matmul in the input's memory format."""
+    """1x1, not grouped: y_b = W(x_b) x_b, batched matmuls in the input's memory format."""
     B, C = x.shape[:2]
     M, c_out = weight.shape[:2]
     channels_last = _channels_last(x)  # before striding: a strided view is neither layout
     if stride != 1:
         x = x[:, :, ::stride, ::stride]
     H, W = x.shape[-2:]
-    if channels_last:
-        # (B, H*W, C) @ (B, C, C_out). The kernels are mixed already transposed, (B, C, C_out), so
-        # that the backward pass's per-example kernel gradient comes out contiguous (mixing in the
-        # (C_out, C) layout and transposing costs a full copy of B kernels in the backward pass).
-        w_t = (r @ weight.view(M, c_out, C).transpose(1, 2).reshape(M, C * c_out)).view(B, C, c_out)
-        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(B, H * W, C), w_t)
-        return y.view(B, H, W, c_out).permute(0, 3, 1, 2)
-    w = (r @ weight.view(M, c_out * C)).view(B, c_out, C)
-    return torch.bmm(w, x.reshape(B, C, H * W)).view(B, c_out, H, W)
+    dev = x.device.type
+    no_autocast = nullcontext()
+    if torch.amp.is_autocast_available(dev):  # not on the "meta" device the counters use
+        no_autocast = torch.autocast(dev, enabled=False)
+        if torch.is_autocast_enabled(dev):
+            # The Function's matmuls write into preallocated outputs, which autocast does not
+            # cover: cast once to the dtype autocast would have used, compute with it off.
+            dtype = torch.get_autocast_dtype(dev)
+            x, weight, r = x.to(dtype), weight.to(dtype), r.to(dtype)
+    with no_autocast:
+        if channels_last:
+            # (B, H*W, C) @ (B, C, C_out): the kernels are mixed already transposed, so that the
+            # per-example kernel gradients come out in the layout of the experts' rows.
+            w_t = weight.view(M, c_out, C).transpose(1, 2).reshape(M, C * c_out)
+            y = _PerExampleMatmul.apply(x.permute(0, 2, 3, 1).reshape(B, H * W, C), w_t, r, (C, c_out), False)
+            return y.view(B, H, W, c_out).permute(0, 3, 1, 2)
+        y = _PerExampleMatmul.apply(x.reshape(B, C, H * W), weight.view(M, c_out * C), r, (c_out, C), True)
+        return y.view(B, c_out, H, W)
 
 
 def _mixed_grouped(x, weight, r, stride, padding, groups):

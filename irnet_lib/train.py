@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import reuse_freed_memory, state as allocator_state
 from .recipe import Recipe, lr_at, make_optimizer, make_scheduler
 
 __all__ = ["fit", "train", "Run", "NonFiniteLossError", "CheckpointMismatchError", "atomic_save",
@@ -222,6 +223,8 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
     channels_last = True if channels_last is None else channels_last
     sync_every = sync_every or (1 if device.type == "cpu" else 50)
+    if device.type == "cpu":
+        reuse_freed_memory()  # ~1.4x on a CPU step: see irnet_lib.allocator
     out_dir = Path(out_dir) if out_dir is not None else None
     steps = len(train_loader)
     if steps < 1:
@@ -236,6 +239,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
     config = dict(meta.get("config", {}), recipe=recipe.to_dict(), model=_model_signature(model))
     meta.update(config=config, precision=precision, channels_last=channels_last, compile=compile,
                 device=str(device), hardware=hardware_name(device), world_size=world,
+                allocator=allocator_state(),
                 torch=torch.__version__, python=platform.python_version(),
                 train_images_per_epoch=(train_loader.num_samples * world
                                         if hasattr(train_loader, "num_samples") else None),
