@@ -223,8 +223,12 @@ class Settings:
         return self
 
 
-def run(settings: Settings, log=print) -> dict:
-    """Measure, compute the target ratios, and return everything as one JSON-able dict."""
+def run(settings: Settings, log=print, save=None) -> dict:
+    """Measure, compute the target ratios, and return everything as one JSON-able dict.
+
+    ``save(result)``, if given, is called as soon as the table is measured and again after each
+    projected variant, so that a run stopped part-way (a time limit) keeps what it measured.
+    """
     s = settings.resolve()
     device = torch.device(s.device)
     if device.type == "cpu":
@@ -295,17 +299,23 @@ def run(settings: Settings, log=print) -> dict:
 
     result = {"hardware": hw, "settings": {k: v for k, v in vars(s).items()}, "rows": rows, "skipped": skipped,
               "ratios": ratios, "note": NOISE_NOTE}
+    result["gpu_target_note"] = _gpu_target_note(s.device)
+    if save is not None:
+        save(result)
     if s.project:
-        result["projection"] = project(s, device, default, rows, log=log)
+        result["projection"] = project(s, device, default, rows, log=log,
+                                       progress=(lambda p: (result.update(projection=p), save(result)))
+                                       if save is not None else None)
     if hasattr(os, "getloadavg"):
         hw["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    result["gpu_target_note"] = (
-        "The GPU target (55 epochs of the standard variant in under 10 minutes on one H100, data pipeline "
-        "included) is " + ("measured in this run's projection." if s.device == "cuda" else
-                           "UNMEASURED here: this run had no GPU. The cuda code path (batch 256, bf16 autocast, "
-                           "channels_last, torch.compile, data kept on the GPU) exists: run "
-                           "`python -m irnet_lib.bench --device cuda` on a GPU machine."))
     return result
+
+
+def _gpu_target_note(device: str) -> str:
+    return ("The GPU target (55 epochs of the standard variant in under 10 minutes on one H100, data pipeline "
+            "included) is " + ("measured in this run's projection." if device == "cuda" else
+                               "not measured by this run, which had no GPU: see results/bench/cuda-*.json, or run "
+                               "`python -m irnet_lib.bench --device cuda` on a GPU machine."))
 
 
 def _random_imagenet100(n_train: int, px: int, num_classes: int = NUM_CLASSES):
@@ -320,7 +330,7 @@ def _random_imagenet100(n_train: int, px: int, num_classes: int = NUM_CLASSES):
                      test, image_size=px, source="random uint8 tensors (bench)")
 
 
-def project(s: Settings, device, mode: str, rows: list[dict], log=print) -> dict:
+def project(s: Settings, device, mode: str, rows: list[dict], log=print, progress=None) -> dict:
     """The recipe's wall time (55 epochs of ~130k images, plus a 5k-image test pass per epoch),
     projected from measured training steps *through the data pipeline* where it exists (random
     uint8 images of 64 px, ``make_loader``'s tensor pipeline), else from the model-only table."""
@@ -368,6 +378,8 @@ def project(s: Settings, device, mode: str, rows: list[dict], log=print) -> dict
                  "epoch_s": steps_per_epoch * t + test_s, "total_s": total_s,
                  "total_h": total_s / 3600, "paper_h": PAPER_HOURS.get(variant)}
         out["variants"][variant] = entry
+        if progress is not None:
+            progress(out)
         log(f"  projected {variant}: {t * 1e3:.0f} ms/step -> {total_s / 3600:.2f} h for the recipe")
     return out
 
@@ -446,14 +458,19 @@ def main(argv=None) -> dict:
                  variants=tuple(args.variants), modes=tuple(args.modes) if args.modes else None,
                  compile=args.compile, project=args.project, warmup=args.warmup,
                  plain_allocator=args.plain_allocator)
-    result = run(s)
-    text = summarise(result)
-    print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.device}{'-short' if args.short else ''}{'-plain-allocator' if args.plain_allocator else ''}.json"
-    result["summary"] = text
-    path.write_text(json.dumps(result, indent=1, default=str))
+
+    def save(result):
+        result["summary"] = summarise(result)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        tmp.replace(path)
+
+    result = run(s, save=save)
+    save(result)
+    print("\n" + result["summary"])
     print(f"\nsaved {path}")
     return result
 

@@ -121,8 +121,11 @@ class _PerExampleMatmul(torch.autograd.Function):
         ctx.save_for_backward(x, weight, r)
         B = x.shape[0]
         rows, cols = kernel_shape
-        out = x.new_empty((B, rows, x.shape[2]) if kernel_left else (B, x.shape[1], cols))
         n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
+        if n >= B:  # one chunk (always on a GPU): plain ops, nothing preallocated
+            k = (r @ weight).view(B, rows, cols)
+            return torch.bmm(k, x) if kernel_left else torch.bmm(x, k)
+        out = x.new_empty((B, rows, x.shape[2]) if kernel_left else (B, x.shape[1], cols))
         for s in range(0, B, n):
             k = (r[s:s + n] @ weight).view(-1, rows, cols)
             if kernel_left:

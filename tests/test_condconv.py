@@ -113,3 +113,30 @@ def test_per_block_conv_demands_routing_weights():
 def test_groups_must_divide_channels():
     with pytest.raises(ValueError, match="groups"):
         CondConv2d(6, 4, 3, groups=4)
+
+
+def test_batchnorm_into_depthwise_gradients_match_reference():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(8)
+    conv = CondConv2d(8, 8, 3, 1, groups=8, num_experts=4)
+    x = torch.randn(4, 8, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    h = bn(x)
+    r = conv.routing(h)
+    fast = condconv2d(h, conv.expert_weights, r, 1, 1, 8)
+    ref = condconv2d_reference(h, conv.expert_weights, r, 1, 1, 8)
+    g = torch.randn_like(ref)
+    params = (x, bn.weight, conv.weight, conv.routing.fc.weight)
+    for a, b in zip(torch.autograd.grad(fast, params, g, retain_graph=True), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_bf16_autocast_fast_path_runs_forward_and_backward(kind):
+    conv, x = _case(kind, 1, 3, channels_last=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    ref = condconv2d_reference(x, conv.expert_weights, conv.routing(x), conv.stride, conv.padding, conv.groups)
+    torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
