@@ -34,8 +34,8 @@ timeout 170 python3 -m irnet_lib.bench --device cuda --modes compile_bf16 --vari
 pack
 
 log "stage 3: Fashion-MNIST, three blocks, $EPOCHS epochs"
-timeout 220 python3 -m irnet_lib.reproduce --data fashion-mnist --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu" \
-    --figure "$WORK/fig5_fashion-mnist-gpu.png" --epochs "$EPOCHS" --warmup-epochs 1 --quiet
+timeout 220 python3 -m irnet_lib.reproduce --data fashion-mnist --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu-10ep" \
+    --figure "$WORK/fig5_fashion-mnist-gpu-10ep.png" --epochs "$EPOCHS" --warmup-epochs 1 --quiet
 pack
 log done
 ls -la "$OUT"

@@ -40,9 +40,12 @@ def _libc():
 
 
 def reuse_freed_memory(on: bool = True) -> bool:
-    """Make glibc keep freed memory for reuse (``on``) or go back to its defaults (``off``).
+    """Make glibc keep freed memory for reuse (``on``) or go back to its default settings (``off``).
 
     Returns True where it took effect (Linux with glibc), False elsewhere, where nothing changes.
+    ``off`` restores the documented default values, but not glibc's *dynamic* mmap threshold
+    (which grows up to 32 MB as large blocks are freed): any mallopt call switches that off for
+    good. A truly plain process is one that never called this.
     """
     global _state
     libc = _libc()

@@ -6,8 +6,9 @@
 
 For every network and every *mode* it measures, at the paper's 56x56 input and 100 classes:
 
-- training throughput: forward + backward + SGD step (the recipe's optimiser), images/s;
-- inference throughput at the training batch size, images/s;
+- training throughput: forward + backward + SGD step (the recipe's optimiser), images/s, at batch 64
+  on a CPU and 256 on a GPU;
+- inference throughput at batch 256, images/s;
 - latency at batch 1, ms.
 
 Modes: ``eager`` (contiguous fp32, the plain PyTorch default), ``channels_last`` (NHWC fp32),
@@ -124,6 +125,7 @@ class Case:
     device: torch.device
     batch: int
     image_size: int
+    infer_batch: int = 256
     compile_s: float = 0.0
     times: dict = field(default_factory=lambda: {"train": [], "infer": [], "latency": []})
 
@@ -142,6 +144,8 @@ class Case:
         x = torch.randn(self.batch, 3, self.image_size, self.image_size, generator=g)
         self.x = x.to(self.device).contiguous(memory_format=fmt)
         self.x1 = self.x[:1].clone(memory_format=fmt)
+        xi = torch.randn(self.infer_batch, 3, self.image_size, self.image_size, generator=g)
+        self.xi = xi.to(self.device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, NUM_CLASSES, (self.batch,), generator=g).to(self.device)
 
     def train_step(self):
@@ -158,7 +162,7 @@ class Case:
             return self.net(x)
 
     def callables(self):
-        return {"train": self.train_step, "infer": lambda: self.infer(self.x), "latency": lambda: self.infer(self.x1)}
+        return {"train": self.train_step, "infer": lambda: self.infer(self.xi), "latency": lambda: self.infer(self.x1)}
 
 
 def _time(fn, iters: int, device) -> float:
@@ -178,7 +182,8 @@ def _paired(a: list[float], b: list[float]) -> dict:
 class Settings:
     device: str = "cpu"
     short: bool = False
-    batch: int | None = None          # training and inference batch; default 64 (CPU) / 256 (GPU)
+    batch: int | None = None          # training batch; default 64 (CPU) / 256 (GPU)
+    infer_batch: int | None = None    # inference throughput batch; default 256 (32 with short)
     image_size: int = IMAGE_SIZE
     reps: int | None = None
     variants: tuple = VARIANTS
@@ -197,9 +202,12 @@ class Settings:
         gpu = self.device == "cuda"
         if self.batch is None:
             self.batch = (64 if gpu else 16) if self.short else (256 if gpu else 64)
+        if self.infer_batch is None:
+            self.infer_batch = 32 if self.short else 256
         if self.reps is None:
             self.reps = 3 if self.short else (10 if gpu else 5)
-        for name, v in (("batch", self.batch), ("reps", self.reps), ("image_size", self.image_size),
+        for name, v in (("batch", self.batch), ("infer_batch", self.infer_batch), ("reps", self.reps),
+                        ("image_size", self.image_size),
                         ("warmup", self.warmup + 1)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -231,13 +239,15 @@ def run(settings: Settings, log=print, save=None) -> dict:
     """
     s = settings.resolve()
     device = torch.device(s.device)
-    if device.type == "cpu":
-        allocator.reuse_freed_memory(not s.plain_allocator)  # as irnet_lib.train.fit does on a CPU
+    if device.type == "cpu" and not s.plain_allocator:
+        # As irnet_lib.train.fit does on a CPU. "Plain" leaves malloc untouched: glibc's true
+        # defaults include a dynamic mmap threshold that any mallopt call would switch off.
+        allocator.reuse_freed_memory()
     hw = hardware(device)
     log(f"hardware: {hw['gpu'] or 'no GPU'} | CPU {hw['cpu']}, {hw['cpu_cores']} cores, "
         f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}, "
         f"python {hw['python']}")
-    log(f"settings: batch {s.batch} (latency: batch 1), {s.image_size}x{s.image_size} input, {s.reps} "
+    log(f"settings: training batch {s.batch}, inference batch {s.infer_batch}, latency batch 1, {s.image_size}x{s.image_size} input, {s.reps} "
         f"interleaved repetitions, modes {list(s.modes)}, variants {list(s.variants)}")
     log(NOISE_NOTE)
 
@@ -252,7 +262,7 @@ def run(settings: Settings, log=print, save=None) -> dict:
     cases, skipped = [], {}
     for mode in s.modes:
         for variant in s.variants:
-            case = Case(variant, mode, device, s.batch, s.image_size)
+            case = Case(variant, mode, device, s.batch, s.image_size, s.infer_batch)
             try:
                 t0 = time.perf_counter()
                 for fn in case.callables().values():   # warm-up (and compilation) excluded
@@ -277,12 +287,12 @@ def run(settings: Settings, log=print, save=None) -> dict:
     for c in cases:
         tr, inf, lat = (_stats(c.times[k]) for k in ("train", "infer", "latency"))
         rows.append({
-            "variant": c.variant, "mode": c.mode, "batch": c.batch,
+            "variant": c.variant, "mode": c.mode, "batch": c.batch, "infer_batch": c.infer_batch,
             "train_step_ms": {k: v * 1e3 if k != "n" else v for k, v in tr.items()},
             "train_img_s": c.batch / tr["median"],
             "train_img_s_iqr": [c.batch / tr["q3"], c.batch / tr["q1"]],
-            "infer_img_s": c.batch / inf["median"],
-            "infer_img_s_iqr": [c.batch / inf["q3"], c.batch / inf["q1"]],
+            "infer_img_s": c.infer_batch / inf["median"],
+            "infer_img_s_iqr": [c.infer_batch / inf["q3"], c.infer_batch / inf["q1"]],
             "latency_ms": {k: v * 1e3 if k != "n" else v for k, v in lat.items()},
             "warmup_s": c.compile_s,
             "raw_s": c.times,
@@ -350,7 +360,7 @@ def project(s: Settings, device, mode: str, rows: list[dict], log=print, progres
     pool = r["train_images"] if device.type == "cuda" and not s.short else (measure + warm) * s.batch
     data = _random_imagenet100(pool, r["image_px"]) if make_loader is not None else None
     for variant in [v for v in s.variants if v != "mobilenet_v2"]:
-        case = Case(variant, mode, device, s.batch, s.image_size)
+        case = Case(variant, mode, device, s.batch, s.image_size, s.infer_batch)
         if data is not None:
             loader = make_loader(data, "train", s.batch, device=device, pipeline="tensor",
                                  channels_last=channels_last)
@@ -402,7 +412,8 @@ def summarise(result: dict) -> str:
         "latency min-max": "{:.1f}-{:.1f}".format(r["latency_ms"]["min"], r["latency_ms"]["max"]),
     } for r in result["rows"]])
     b = result["settings"]["batch"]
-    lines.append(f"\nBatch {b} for training and inference throughput, batch 1 for latency; "
+    bi = result["settings"].get("infer_batch") or b
+    lines.append(f"\nBatch {b} for training, {bi} for inference throughput, 1 for latency; "
                  f"median over {result['settings']['reps']} interleaved repetitions.")
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     rt = result["ratios"]
@@ -436,6 +447,7 @@ def _parser():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="results/bench", help="folder for the JSON results")
     p.add_argument("--batch", type=int, help="batch size (default 64 on CPU, 256 on GPU; 16/64 with --short)")
+    p.add_argument("--infer-batch", type=int, help="inference throughput batch (default 256; 32 with --short)")
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--reps", type=int, help="interleaved repetitions (default 5 CPU, 10 GPU, 3 short)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -454,7 +466,8 @@ def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = Settings(device=args.device, short=args.short, batch=args.batch, image_size=args.image_size, reps=args.reps,
+    s = Settings(device=args.device, short=args.short, batch=args.batch, infer_batch=args.infer_batch,
+                 image_size=args.image_size, reps=args.reps,
                  variants=tuple(args.variants), modes=tuple(args.modes) if args.modes else None,
                  compile=args.compile, project=args.project, warmup=args.warmup,
                  plain_allocator=args.plain_allocator)

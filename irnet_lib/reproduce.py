@@ -27,7 +27,7 @@ BLOCKS = ("standard", "se", "condconv")
 LABELS = {p.block: p.label for p in TABLE_3}
 #: The quick mode: the embedded sample, a small stratified subset, the recipe's shape in 3 epochs.
 #: The whole sample (1,200 train / 400 test images), the recipe's shape in 3 epochs at batch 32: about
-#: 4 minutes on a 2-core CPU, 114 optimizer steps per block, enough to leave chance (10 %) well behind
+#: 3 minutes on a 2-core CPU, 114 optimizer steps per block, enough to leave chance (10 %) well behind
 #: (about 45-50 % for the standard and SE blocks), far from converged. A check of the whole
 #: pipeline, not a result: the committed real runs are in results/fashion-mnist-cpu*/.
 QUICK = dict(data="fashion-mnist-sample", train_subset=None, test_subset=None, epochs=3, warmup_epochs=1,

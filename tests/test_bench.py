@@ -8,7 +8,7 @@ import pytest
 
 from irnet_lib import bench
 
-TINY = ["--short", "--batch", "2", "--image-size", "32", "--reps", "2", "--warmup", "1",
+TINY = ["--short", "--batch", "2", "--infer-batch", "3", "--image-size", "32", "--reps", "2", "--warmup", "1",
         "--variants", "se", "condconv", "--modes", "eager", "channels_last"]
 
 
@@ -30,6 +30,7 @@ def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
         assert len(row["raw_s"]["train"]) == 2   # one time per repetition
         lo, hi = row["train_img_s_iqr"]
         assert lo <= row["train_img_s"] <= hi
+        assert row["batch"] == 2 and row["infer_batch"] == 3
     ratios = saved["ratios"]
     assert ratios["default_mode"] == "channels_last"
     assert set(ratios["condconv_over_se_train"]["by_mode"]) == {"eager", "channels_last"}
@@ -44,7 +45,7 @@ def test_projection_goes_through_the_data_pipeline(tiny_run):
         entry = proj["variants"][v]
         assert entry["total_s"] > 0 and entry["measured_steps"] >= 1
         assert entry["data_pipeline"] is True
-    assert "UNMEASURED" in result["gpu_target_note"]
+    assert "not measured by this run" in result["gpu_target_note"]
 
 
 def test_summary_prints_the_three_target_ratios(tiny_run):
@@ -70,3 +71,16 @@ def test_cuda_request_without_gpu_says_so():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="cuda"):
         bench.Settings(device="cuda").resolve()
+
+
+def test_a_run_saves_as_it_goes():
+    # The table as soon as it is measured, then once per projected variant: a run stopped by a
+    # time limit during the (long) projection keeps what it measured.
+    saved = []
+    s = bench.Settings(short=True, batch=2, infer_batch=2, image_size=32, reps=1, warmup=1,
+                       variants=("se", "condconv"), modes=("channels_last",))
+    bench.run(s, log=lambda *a: None, save=lambda r: saved.append(json.loads(json.dumps(r, default=str))))
+    assert len(saved) == 3
+    assert saved[0]["rows"] and "projection" not in saved[0]
+    assert list(saved[1]["projection"]["variants"]) == ["se"]
+    assert list(saved[2]["projection"]["variants"]) == ["se", "condconv"]
