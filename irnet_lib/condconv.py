@@ -13,8 +13,9 @@ Two kernel shapes matter here, both drawn in Figure 4:
 
 The fast path never loops over the batch in Python. Two formulations, chosen per layer by a
 multiply-add count (:func:`choose_method`):
-- "mix": the per-example kernels are materialised, then 1x1 kernels become one batched matmul and
-  every other kernel one grouped convolution over the whole batch (groups multiplied by B);
+- "mix": one kernel per example. 1x1 kernels are mixed and applied by batched matmuls inside one
+  autograd function (on a CPU a cache-sized chunk of examples at a time); every other kernel becomes
+  one grouped convolution over the whole batch (groups multiplied by B);
 - "wide": the input is scaled by each r_m and stacked M times along channels, then one ordinary
   conv with all M experts side by side: no per-example kernel, but M times the conv's work. It
   pays only on feature maps of a few pixels, smaller than any in IR-NET.
