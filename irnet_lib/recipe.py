@@ -46,6 +46,7 @@ class Recipe:
     weight_decay: float = 5e-5       # on every parameter, BN affine and biases included
     train_crop: int = 56             # RandomResizedCrop(56) + flip; test: Resize(64), CenterCrop(56)
     # --- beyond the paper: off by default, reported separately when used
+    test_crop: int = 56              # 64: evaluate on the whole 64 px image (train/test resolution gap)
     label_smoothing: float = 0.0
     lr_step: str = "epoch"           # "epoch" (the course, exact) or "iteration" (smooth variant)
 
@@ -69,6 +70,9 @@ class Recipe:
             raise ValueError(f"lr_step must be 'epoch' or 'iteration', got {self.lr_step!r}")
         if self.optimizer != "sgd":
             raise ValueError(f"only optimizer='sgd' (the course's) is implemented, got {self.optimizer!r}")
+        if isinstance(self.test_crop, bool) or not isinstance(self.test_crop, int) or not 1 <= self.test_crop <= 64:
+            raise ValueError(f"test_crop must be an int from 1 to 64 (the test images are resized to 64 px), "
+                             f"got {self.test_crop!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
@@ -83,7 +87,7 @@ class Recipe:
     @property
     def faithful(self) -> bool:
         """True when nothing beyond the paper/course is switched on."""
-        return self.label_smoothing == 0 and self.lr_step == "epoch"
+        return self.label_smoothing == 0 and self.lr_step == "epoch" and self.test_crop == 56
 
     def compressed(self, epochs: int, warmup_epochs: int = 1, **changes) -> "Recipe":
         """The same shape of schedule (warm-up then half cosine) squeezed into ``epochs`` epochs,
@@ -98,7 +102,12 @@ class Recipe:
                        train_lr_max=self.train_lr_max * batch_size / self.data_batch_size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # Fields added after checkpoints existed are written only when set, so that a run saved
+        # before them still resumes (the checkpoint's recipe must equal this dict).
+        if d["test_crop"] == 56:
+            del d["test_crop"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":

@@ -46,8 +46,10 @@ def to_markdown(df: pd.DataFrame) -> str:
 def data_label(run: Run) -> str:
     """Which data and hardware a run used."""
     m = run.meta
+    test_crop = m.get("config", {}).get("recipe", {}).get("test_crop", 56)
+    crops = "56 px crops" if test_crop == 56 else f"56 px training crops, {test_crop} px test crops"
     return (f"{m['dataset']} ({m['train_size']} train / {m['test_size']} test images, {m['num_classes']} classes, "
-            f"64 px pipeline, 56 px crops), {m['hardware']}")
+            f"64 px pipeline, {crops}), {m['hardware']}")
 
 
 def run_label(run: Run) -> str:
@@ -241,6 +243,7 @@ def main(argv=None):
         p.add_argument(flag, type=typ, default=None)
     p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--test-crop", type=int, default=56, help="64: evaluate on the whole image (beyond the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

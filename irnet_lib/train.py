@@ -35,7 +35,7 @@ from torch import nn
 from .allocator import reuse_freed_memory, state as allocator_state
 from .recipe import Recipe, lr_at, make_optimizer, make_scheduler
 
-__all__ = ["fit", "train", "Run", "NonFiniteLossError", "CheckpointMismatchError", "atomic_save",
+__all__ = ["fit", "train", "evaluate", "Run", "NonFiniteLossError", "CheckpointMismatchError", "atomic_save",
            "load_checkpoint", "read_history", "hardware_name", "main"]
 
 CHECKPOINT_FORMAT = 1
@@ -189,6 +189,31 @@ def read_history(path) -> Run:
 
 # ----------------------------------------------------------------------------------- the loop
 
+def _test_sums(model, loader, device, autocast, channels_last) -> torch.Tensor:
+    """(summed cross-entropy, correct, images) over ``loader``, on the device (no host sync)."""
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    with torch.inference_mode(), autocast():
+        for x, y in loader:
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += y.numel()
+    return sums
+
+
+def evaluate(model: nn.Module, loader, *, device=None, precision: str = "fp32", channels_last: bool = True) -> dict:
+    """Test loss and accuracy (%) of ``model`` on ``loader``, the way ``fit`` measures them each epoch."""
+    device = torch.device(device or next(model.parameters()).device)
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
+    loss, correct, n = _test_sums(model, loader, device, autocast, channels_last).tolist()
+    return {"loss": loss / max(n, 1), "acc": 100 * correct / max(n, 1), "images": int(n)}
+
+
 def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), *, out_dir=None,
         meta: dict | None = None, device=None, precision: str = "auto", channels_last: bool | None = None,
         compile: bool = False, compile_kwargs: dict | None = None, resume: bool = True,
@@ -330,16 +355,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         if hasattr(test_loader, "set_epoch"):
             test_loader.set_epoch(epoch)
         model.eval()
-        tstats = torch.zeros(3, device=device, dtype=torch.float64)
-        with torch.inference_mode(), autocast():
-            for x, y in test_loader:
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=memfmt)
-                logits = eval_model(x)
-                tstats[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-                tstats[1] += (logits.argmax(1) == y).sum()
-                tstats[2] += y.numel()
-        te = _all_reduce(tstats).tolist()
+        te = _all_reduce(_test_sums(eval_model, test_loader, device, autocast, channels_last)).tolist()
         if not per_iteration:
             scheduler.step()
         _sync(device)
@@ -420,7 +436,7 @@ def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recip
     cl = fit_kwargs.get("channels_last")
     cl = True if cl is None else cl
     loaders = [make_loader(data, split, batch, device=device, pipeline=pipeline, seed=seed, rank=rank,
-                           world_size=world, channels_last=cl, num_workers=num_workers)
+                           world_size=world, channels_last=cl, num_workers=num_workers, test_crop=recipe.test_crop)
                for split in ("train", "test")]
     config = {"block": block, "dataset": data.name, "train_size": len(data.train), "test_size": len(data.test),
               "num_classes": data.num_classes, "seed": seed, "model_kwargs": model_kwargs or {},
@@ -452,6 +468,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-max", type=float, default=None)
     p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="beyond the paper (default 0)")
+    p.add_argument("--test-crop", type=int, default=56,
+                   help="test images' centre crop; 64 evaluates the whole image (beyond the paper; default 56)")
     p.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training set")
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -468,7 +486,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args) -> Recipe:
-    recipe = Recipe(lr_step=args.lr_step, label_smoothing=args.label_smoothing)
+    recipe = Recipe(lr_step=args.lr_step, label_smoothing=args.label_smoothing,
+                    test_crop=getattr(args, "test_crop", 56))
     if args.batch_size is not None:
         recipe = recipe.scaled_to_batch(args.batch_size)
     if args.lr_max is not None:

@@ -95,6 +95,20 @@ def test_test_transform_equals_torchvision(sample):
     assert torch.allclose(TensorTransform(train=False)(big), ref, atol=1e-5)
 
 
+def test_whole_image_test_crop_beyond_the_paper(sample):
+    # test_crop=64: the whole 64 px test image (the network pools globally, so any size runs).
+    tensor = next(iter(make_loader(sample, "test", batch_size=8, test_crop=64)))[0]
+    tv = next(iter(make_loader(sample, "test", batch_size=8, pipeline="torchvision", num_workers=0,
+                               test_crop=64)))[0]
+    assert tensor.shape == tv.shape == (8, 3, 64, 64)
+    assert torch.allclose(tensor, tv, atol=1e-5)
+    # training crops stay 56 px whatever the test crop
+    assert next(iter(make_loader(sample, "train", batch_size=8, test_crop=64)))[0].shape == (8, 3, 56, 56)
+    for bad in (0, 65, 56.0, True):
+        with pytest.raises(ValueError, match="test_crop"):
+            make_loader(sample, "test", test_crop=bad)
+
+
 def test_normalisation():
     white = torch.full((1, 3, 64, 64), 255, dtype=torch.uint8)
     x = TensorTransform(train=False)(white)

@@ -104,3 +104,13 @@ def test_weight_decay_on_every_parameter():
     opt = make_optimizer(model, Recipe())
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 5e-5
     assert sum(p.numel() for p in opt.param_groups[0]["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_test_crop_is_beyond_the_paper_and_old_checkpoints_still_match():
+    r = Recipe(test_crop=64)
+    assert not r.faithful and Recipe.from_dict(r.to_dict()) == r
+    # written only when set: a recipe dict saved before the field existed equals today's default
+    assert "test_crop" not in Recipe().to_dict() and Recipe.from_dict(Recipe().to_dict()) == Recipe()
+    for bad in (0, 65, 60.5, True):
+        with pytest.raises(ValueError, match="test_crop"):
+            Recipe(test_crop=bad)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from irnet_lib.recipe import Recipe
-from irnet_lib.train import (CheckpointMismatchError, NonFiniteLossError, atomic_save, fit, load_checkpoint,
+from irnet_lib.train import (CheckpointMismatchError, NonFiniteLossError, atomic_save, evaluate, fit, load_checkpoint,
                              main, read_history)
 
 TIMING = ("epoch_seconds", "train_seconds", "train_images_per_s", "elapsed_seconds")
@@ -196,3 +196,15 @@ def test_command_line_on_the_embedded_sample(tmp_path, capsys):
     assert "best" in capsys.readouterr().out
     with pytest.raises(CheckpointMismatchError, match="block"):
         main([a if a != "standard" else "se" for a in argv])
+
+
+def test_evaluate_measures_what_fit_recorded():
+    model = tiny_model()
+    test = StandInLoader(train=False, n=20)
+    run = fit(model, StandInLoader(), test, Recipe().compressed(2, 1).scaled_to_batch(8), quiet=True)
+    again = evaluate(run.model, test)
+    assert again["images"] == 20
+    assert again["acc"] == pytest.approx(run.history["test_acc"].iloc[-1])
+    assert again["loss"] == pytest.approx(run.history["test_loss"].iloc[-1], rel=1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        evaluate(run.model, test, precision="fp16")

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets import ImageData
-from .transforms import TensorTransform, test_transform, train_transform
+from .transforms import CROP_SIZE, RESIZE, TensorTransform, test_transform, train_transform
 
 PIPELINES = ("auto", "tensor", "torchvision")
 
@@ -102,14 +102,14 @@ class TensorLoader(_Loader):
     pipeline = "tensor"
 
     def __init__(self, data, split, batch_size=256, *, device="cpu", seed=0, rank=0, world_size=1,
-                 channels_last=False, progress=None):
+                 channels_last=False, progress=None, test_crop=CROP_SIZE):
         super().__init__(data, split, batch_size, device, seed, rank, world_size, channels_last)
         if progress is None:  # a bar only where decoding takes a while (image folders of real size)
             progress = self.size > 20000
         images, labels = data.tensor_cache(split, progress=progress)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
-        self.transform = TensorTransform(train=self.train)
+        self.transform = TensorTransform(train=True) if self.train else TensorTransform(train=False, size=test_crop)
 
     def __iter__(self):
         order = self.indices().to(self.device)
@@ -149,10 +149,10 @@ class TorchvisionLoader(_Loader):
     pipeline = "torchvision"
 
     def __init__(self, data, split, batch_size=256, *, device="cpu", seed=0, rank=0, world_size=1,
-                 channels_last=False, num_workers=None):
+                 channels_last=False, num_workers=None, test_crop=CROP_SIZE):
         super().__init__(data, split, batch_size, device, seed, rank, world_size, channels_last)
         self.num_workers = default_workers() if num_workers is None else num_workers
-        transform = train_transform() if self.train else test_transform()
+        transform = train_transform() if self.train else test_transform(size=test_crop)
         self.transformed = _Transformed(self.dataset, transform, seed, self.train)
 
     def __iter__(self):
@@ -167,18 +167,23 @@ class TorchvisionLoader(_Loader):
 
 def make_loader(data: ImageData, split: str, batch_size: int = 256, *, device="cpu", pipeline: str = "auto",
                 seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False,
-                num_workers: int | None = None):
+                num_workers: int | None = None, test_crop: int = CROP_SIZE):
     """A loader of ``(x, y)`` batches: x float32 (B, 3, 56, 56) normalised, y int64, both on ``device``.
 
     ``split="train"``: RandomResizedCrop(56) + flip, shuffled; ``"test"``: Resize(64) + CenterCrop(56),
     in order. ``pipeline``: "tensor" (= "auto") or "torchvision" (``num_workers`` applies to it only;
-    default min(8, CPU count)). See the module's docstring for epochs and sharding.
+    default min(8, CPU count)). ``test_crop``: the test split's centre crop, 56 as the course, or up
+    to 64, the whole image (beyond the paper). See the module's docstring for epochs and sharding.
     """
     if not isinstance(data, ImageData):
         raise TypeError(f"make_loader needs the ImageData that load_dataset returns, got {type(data).__name__}")
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    kw = dict(device=device, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last)
+    if isinstance(test_crop, bool) or not isinstance(test_crop, int) or not 1 <= test_crop <= RESIZE:
+        raise ValueError(f"test_crop must be an int from 1 to {RESIZE} (the test images are resized to "
+                         f"{RESIZE} px), got {test_crop!r}")
+    kw = dict(device=device, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
+              test_crop=test_crop)
     if pipeline == "torchvision":
         return TorchvisionLoader(data, split, batch_size, num_workers=num_workers, **kw)
     return TensorLoader(data, split, batch_size, **kw)
