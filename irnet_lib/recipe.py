@@ -47,6 +47,7 @@ class Recipe:
     train_crop: int = 56             # RandomResizedCrop(56) + flip; test: Resize(64), CenterCrop(56)
     # --- beyond the paper: off by default, reported separately when used
     test_crop: int = 56              # 64: evaluate on the whole 64 px image (train/test resolution gap)
+    ema_decay: float = 0.0           # > 0: also test an exponential moving average of the weights
     label_smoothing: float = 0.0
     lr_step: str = "epoch"           # "epoch" (the course, exact) or "iteration" (smooth variant)
 
@@ -73,6 +74,8 @@ class Recipe:
         if isinstance(self.test_crop, bool) or not isinstance(self.test_crop, int) or not 1 <= self.test_crop <= 64:
             raise ValueError(f"test_crop must be an int from 1 to 64 (the test images are resized to 64 px), "
                              f"got {self.test_crop!r}")
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
@@ -87,7 +90,8 @@ class Recipe:
     @property
     def faithful(self) -> bool:
         """True when nothing beyond the paper/course is switched on."""
-        return self.label_smoothing == 0 and self.lr_step == "epoch" and self.test_crop == 56
+        return (self.label_smoothing == 0 and self.lr_step == "epoch" and self.test_crop == 56
+                and self.ema_decay == 0)
 
     def compressed(self, epochs: int, warmup_epochs: int = 1, **changes) -> "Recipe":
         """The same shape of schedule (warm-up then half cosine) squeezed into ``epochs`` epochs,
@@ -105,8 +109,9 @@ class Recipe:
         d = asdict(self)
         # Fields added after checkpoints existed are written only when set, so that a run saved
         # before them still resumes (the checkpoint's recipe must equal this dict).
-        if d["test_crop"] == 56:
-            del d["test_crop"]
+        for name, default in (("test_crop", 56), ("ema_decay", 0.0)):
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod

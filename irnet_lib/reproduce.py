@@ -244,6 +244,7 @@ def main(argv=None):
     p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--test-crop", type=int, default=56, help="64: evaluate on the whole image (beyond the paper)")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="also test an EMA of the weights (beyond the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])

@@ -270,7 +270,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
                                         if hasattr(train_loader, "num_samples") else None),
                 faithful_recipe=recipe.faithful)
 
-    history, start_epoch, best_acc = [], 0, -math.inf
+    history, start_epoch, best_acc, ckpt_ema = [], 0, -math.inf, None
     last_path = out_dir / "last.pt" if out_dir else None
     if last_path is not None and resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, map_location=device)
@@ -284,8 +284,18 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], device)
         history, best_acc = list(ckpt["history"]), ckpt["best_acc"]
+        ckpt_ema = ckpt.get("ema")
         start_epoch = ckpt["epoch"] + 1
         meta["resumed_at_epochs"] = list(ckpt.get("resumed_at_epochs", [])) + [start_epoch]
+
+    ema = None
+    if recipe.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        # Buffers averaged too: the copy's BN statistics follow its weights, so it is tested as
+        # it is, without a pass to re-estimate them.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+        if ckpt_ema is not None:
+            ema.load_state_dict(ckpt_ema)
 
     # The wrappers (compile, DDP) are for the steps; weights are saved from the plain module.
     step_model = model
@@ -324,6 +334,8 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if per_iteration:
                 scheduler.step()
             with torch.no_grad():   # device-side bookkeeping: no host synchronisation here
@@ -356,6 +368,9 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
             test_loader.set_epoch(epoch)
         model.eval()
         te = _all_reduce(_test_sums(eval_model, test_loader, device, autocast, channels_last)).tolist()
+        if ema is not None:
+            ema.eval()
+            te_ema = _all_reduce(_test_sums(ema.module, test_loader, device, autocast, channels_last)).tolist()
         if not per_iteration:
             scheduler.step()
         _sync(device)
@@ -367,6 +382,9 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
                "train_images": int(tr[2]), "test_images": int(te[2]),
                "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
                "train_images_per_s": tr[2] / train_seconds, "elapsed_seconds": elapsed}
+        if ema is not None:
+            row.update(test_loss_ema=te_ema[0] / max(te_ema[2], 1),
+                       test_acc_ema=100 * te_ema[1] / max(te_ema[2], 1))
         history.append(row)
         improved = row["test_acc"] > best_acc
         best_acc = max(best_acc, row["test_acc"])
@@ -375,6 +393,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(device), "history": history, "best_acc": best_acc,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "resumed_at_epochs": meta.get("resumed_at_epochs", [])}
             atomic_save(ckpt, out_dir / "last.pt")
             if improved:
@@ -468,6 +487,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-max", type=float, default=None)
     p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="beyond the paper (default 0)")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="also test an exponential moving average of the weights, e.g. 0.999 (beyond the paper)")
     p.add_argument("--test-crop", type=int, default=56,
                    help="test images' centre crop; 64 evaluates the whole image (beyond the paper; default 56)")
     p.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training set")
@@ -487,7 +508,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(args) -> Recipe:
     recipe = Recipe(lr_step=args.lr_step, label_smoothing=args.label_smoothing,
-                    test_crop=getattr(args, "test_crop", 56))
+                    test_crop=getattr(args, "test_crop", 56), ema_decay=getattr(args, "ema_decay", 0.0))
     if args.batch_size is not None:
         recipe = recipe.scaled_to_batch(args.batch_size)
     if args.lr_max is not None:

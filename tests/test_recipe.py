@@ -114,3 +114,11 @@ def test_test_crop_is_beyond_the_paper_and_old_checkpoints_still_match():
     for bad in (0, 65, 60.5, True):
         with pytest.raises(ValueError, match="test_crop"):
             Recipe(test_crop=bad)
+
+
+def test_ema_decay_is_beyond_the_paper_and_checked():
+    assert not Recipe(ema_decay=0.999).faithful and "ema_decay" not in Recipe().to_dict()
+    assert Recipe.from_dict(Recipe(ema_decay=0.999).to_dict()).ema_decay == 0.999
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match="ema_decay"):
+            Recipe(ema_decay=bad)

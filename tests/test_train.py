@@ -208,3 +208,30 @@ def test_evaluate_measures_what_fit_recorded():
     assert again["loss"] == pytest.approx(run.history["test_loss"].iloc[-1], rel=1e-6)
     with pytest.raises(ValueError, match="precision"):
         evaluate(run.model, test, precision="fp16")
+
+
+def test_ema_of_the_weights_resumes_exactly_and_is_tested_each_epoch(tmp_path):
+    from dataclasses import replace
+    recipe = replace(RECIPE, ema_decay=0.9)
+    unbroken = fit(tiny_model(), *loaders(), recipe, out_dir=tmp_path / "a", quiet=True)
+    assert {"test_acc_ema", "test_loss_ema"} <= set(unbroken.history.columns)
+    assert unbroken.history["test_loss_ema"].map(math.isfinite).all()
+    assert not unbroken.meta["faithful_recipe"]
+    fit(tiny_model(), *loaders(), recipe, out_dir=tmp_path / "b", quiet=True, max_epochs=2)
+    resumed = fit(tiny_model(seed=99), *loaders(), recipe, out_dir=tmp_path / "b", quiet=True)
+    cols = [c for c in unbroken.history.columns if c not in TIMING]
+    assert unbroken.history[cols].equals(resumed.history[cols])
+    ema_a = load_checkpoint(tmp_path / "a" / "last.pt")["ema"]
+    ema_b = load_checkpoint(tmp_path / "b" / "last.pt")["ema"]
+    for k, v in ema_a.items():
+        assert torch.equal(v, ema_b[k]), k
+    # The average is not the last weights: it lags them.
+    last = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    assert any(not torch.equal(ema_a[f"module.{k}"], v) for k, v in last.items() if v.is_floating_point())
+
+
+def test_ema_with_no_memory_is_the_model_itself():
+    from dataclasses import replace
+    run = fit(tiny_model(), *loaders(), replace(RECIPE, ema_decay=1e-9), quiet=True)
+    assert run.history["test_acc_ema"].tolist() == pytest.approx(run.history["test_acc"].tolist())
+    assert run.history["test_loss_ema"].tolist() == pytest.approx(run.history["test_loss"].tolist(), rel=1e-5)
