@@ -230,8 +230,13 @@ def test_ema_of_the_weights_resumes_exactly_and_is_tested_each_epoch(tmp_path):
     assert any(not torch.equal(ema_a[f"module.{k}"], v) for k, v in last.items() if v.is_floating_point())
 
 
-def test_ema_with_no_memory_is_the_model_itself():
+def test_ema_with_no_memory_has_the_model_weights_and_its_own_bn_statistics(tmp_path):
     from dataclasses import replace
-    run = fit(tiny_model(), *loaders(), replace(RECIPE, ema_decay=1e-9), quiet=True)
-    assert run.history["test_acc_ema"].tolist() == pytest.approx(run.history["test_acc"].tolist())
-    assert run.history["test_loss_ema"].tolist() == pytest.approx(run.history["test_loss"].tolist(), rel=1e-5)
+    run = fit(tiny_model(), *loaders(), replace(RECIPE, ema_decay=1e-9), out_dir=tmp_path, quiet=True)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    for k, v in ckpt["model"].items():
+        if "running" not in k and "num_batches" not in k:
+            torch.testing.assert_close(ckpt["ema"][f"module.{k}"], v)
+    # BN statistics re-estimated for the averaged weights (here: the weights themselves) on
+    # training batches, in train-mode passes: close to the model's own running averages.
+    assert run.history["test_acc_ema"].map(math.isfinite).all()
