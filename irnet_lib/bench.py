@@ -316,9 +316,12 @@ def run(settings: Settings, log=print, save=None) -> dict:
     if save is not None:
         save(result)
     if s.project:
+        def progress(projection):
+            result["projection"] = projection
+            save(result)
+
         result["projection"] = project(s, device, default, rows, log=log,
-                                       progress=(lambda p: (result.update(projection=p), save(result)))
-                                       if save is not None else None)
+                                       progress=progress if save is not None else None)
     if hasattr(os, "getloadavg"):
         hw["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return result

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from .data.transforms import check_test_crop
+
 __all__ = ["Recipe", "TABLE_2", "TABLE_3", "PaperResult", "lr_at", "make_optimizer", "make_scheduler",
            "schedule_table"]
 
@@ -71,9 +73,7 @@ class Recipe:
             raise ValueError(f"lr_step must be 'epoch' or 'iteration', got {self.lr_step!r}")
         if self.optimizer != "sgd":
             raise ValueError(f"only optimizer='sgd' (the course's) is implemented, got {self.optimizer!r}")
-        if isinstance(self.test_crop, bool) or not isinstance(self.test_crop, int) or not 1 <= self.test_crop <= 64:
-            raise ValueError(f"test_crop must be an int from 1 to 64 (the test images are resized to 64 px), "
-                             f"got {self.test_crop!r}")
+        check_test_crop(self.test_crop)
         if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:

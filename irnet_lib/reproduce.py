@@ -96,9 +96,8 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
             "epochs, one Colab GPU; its CondConv row is empty. The two are different data and hardware: "
             "compare the ranking of the blocks, not the numbers. Times are wall times (on a shared "
             "machine they include waiting for other jobs).\n\n" + to_markdown(df))
-    unfinished = [f"{label} stopped after {len(run.history)} of {planned} epochs"
-                  for label, run in ((p.label, runs.get(p.block)) for p in TABLE_3) if run is not None
-                  for planned in [run.meta["config"]["recipe"]["train_num_epochs"]] if len(run.history) < planned]
+    unfinished = [f"{p.label} stopped after {len(run.history)} of {run.planned_epochs} epochs"
+                  for p in TABLE_3 if (run := runs.get(p.block)) is not None and len(run.history) < run.planned_epochs]
     if unfinished:
         text += ("\n**Unfinished runs:** " + "; ".join(unfinished) + ". Their numbers are not final results; "
                  "where a run's `last.pt` is kept, the same command resumes it.\n")
@@ -132,8 +131,8 @@ def figure5(runs: dict[str, Run], path=None, title: str | None = None):
     colors = dict(standard="C0", se="C1", condconv="C2")
     for block, run in runs.items():
         h, c = run.history, colors.get(block)
-        planned = run.meta.get("config", {}).get("recipe", {}).get("train_num_epochs", len(h))
-        name = LABELS.get(block, block) + (f", {len(h)} of {planned} epochs" if len(h) < planned else "")
+        unfinished = len(h) < run.planned_epochs
+        name = LABELS.get(block, block) + (f", {len(h)} of {run.planned_epochs} epochs" if unfinished else "")
         ax_acc.plot(h.epoch, h.test_acc, "o-", color=c, label=f"{name} (test)")
         ax_acc.plot(h.epoch, h.train_acc, "--", color=c, alpha=0.6, label=f"{name} (train)")
         ax_loss.plot(h.epoch, h.test_loss, "o-", color=c, label=f"{name} (test)")

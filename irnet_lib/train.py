@@ -67,6 +67,11 @@ class Run:
         return float(self.history["test_acc"].max())
 
     @property
+    def planned_epochs(self) -> int:
+        """The epochs its recipe spans (more than ``len(history)`` while a run is unfinished)."""
+        return self.meta.get("config", {}).get("recipe", {}).get("train_num_epochs", len(self.history))
+
+    @property
     def final_accuracy(self) -> float:
         return float(self.history["test_acc"].iloc[-1])
 
@@ -189,6 +194,13 @@ def read_history(path) -> Run:
 
 # ----------------------------------------------------------------------------------- the loop
 
+def _autocast(device: torch.device, precision: str):
+    """A factory of the context that each forward pass runs in: bf16 autocast, or nothing."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+
+
 def _test_sums(model, loader, device, autocast, channels_last) -> torch.Tensor:
     """(summed cross-entropy, correct, images) over ``loader``, on the device (no host sync)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -219,9 +231,7 @@ def _reestimate_bn(model, train_loader, epoch, autocast, batches=EMA_BN_BATCHES)
 def evaluate(model: nn.Module, loader, *, device=None, precision: str = "fp32", channels_last: bool = True) -> dict:
     """Test loss and accuracy (%) of ``model`` on ``loader``, the way ``fit`` measures them each epoch."""
     device = torch.device(device or next(model.parameters()).device)
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    autocast = _autocast(device, precision)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
     loss, correct, n = _test_sums(model, loader, device, autocast, channels_last).tolist()
     return {"loss": loss / max(n, 1), "acc": 100 * correct / max(n, 1), "images": int(n)}
@@ -257,8 +267,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
     is_main = rank == 0
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    autocast = _autocast(device, precision)   # checks precision before any work
     channels_last = True if channels_last is None else channels_last
     sync_every = sync_every or (1 if device.type == "cpu" else 50)
     if device.type == "cpu":
@@ -321,7 +330,6 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         eval_model = torch.compile(model, **(compile_kwargs or {}))
     else:
         eval_model = model
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
     memfmt = torch.channels_last if channels_last else torch.contiguous_format
 
     end_epoch = recipe.train_num_epochs if max_epochs is None else min(recipe.train_num_epochs,

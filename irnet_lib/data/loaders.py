@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets import ImageData
-from .transforms import CROP_SIZE, RESIZE, TensorTransform, test_transform, train_transform
+from .transforms import CROP_SIZE, TensorTransform, check_test_crop, test_transform, train_transform
 
 PIPELINES = ("auto", "tensor", "torchvision")
 
@@ -179,11 +179,8 @@ def make_loader(data: ImageData, split: str, batch_size: int = 256, *, device="c
         raise TypeError(f"make_loader needs the ImageData that load_dataset returns, got {type(data).__name__}")
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    if isinstance(test_crop, bool) or not isinstance(test_crop, int) or not 1 <= test_crop <= RESIZE:
-        raise ValueError(f"test_crop must be an int from 1 to {RESIZE} (the test images are resized to "
-                         f"{RESIZE} px), got {test_crop!r}")
     kw = dict(device=device, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
-              test_crop=test_crop)
+              test_crop=check_test_crop(test_crop))
     if pipeline == "torchvision":
         return TorchvisionLoader(data, split, batch_size, num_workers=num_workers, **kw)
     return TensorLoader(data, split, batch_size, **kw)

@@ -32,6 +32,14 @@ SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults, which the course keeps
 RATIO = (3 / 4, 4 / 3)
 
 
+def check_test_crop(test_crop) -> int:
+    """The test images' centre crop: an int from 1 to ``RESIZE`` (56 is the course's, 64 the whole image)."""
+    if isinstance(test_crop, bool) or not isinstance(test_crop, int) or not 1 <= test_crop <= RESIZE:
+        raise ValueError(f"test_crop must be an int from 1 to {RESIZE} (the test images are resized to "
+                         f"{RESIZE} px), got {test_crop!r}")
+    return test_crop
+
+
 def train_transform(size: int = CROP_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
     """The course's train transform for one image (PIL or uint8 CHW tensor) -> float CHW tensor."""
     return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=SCALE, ratio=RATIO, antialias=True),
