@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import allocator
+from .condconv import cpu_matmul_library
 from .network import irnet
 
 __all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise"]
@@ -95,6 +96,8 @@ def hardware(device: torch.device) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "allocator": allocator.state(),
+        # Where CondConv's per-example fp32 matmuls run on the CPU (irnet_lib.condconv).
+        "cpu_matmul": cpu_matmul_library(),
     }
     try:
         import torchvision
@@ -406,7 +409,8 @@ def summarise(result: dict) -> str:
     hw = result["hardware"]
     lines = [f"Hardware: {hw['gpu'] or 'no GPU'} | CPU: {hw['cpu']}, {hw['cpu_cores']} cores, "
              f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}"
-             + (f" | malloc: {hw['allocator']}" if hw.get("allocator") and hw["device"] == "cpu" else "")]
+             + (f" | malloc: {hw['allocator']}" if hw.get("allocator") and hw["device"] == "cpu" else "")
+             + (f" | CondConv CPU matmuls: {hw['cpu_matmul']}" if hw.get("cpu_matmul") and hw["device"] == "cpu" else "")]
     if "load_average_at_start" in hw:
         lines.append(f"Load average (1, 5, 15 min) at start {hw['load_average_at_start']}, "
                      f"at end {hw.get('load_average_at_end')}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .condconv import CondConv2d, Routing
+from .pooling import global_avg_pool
 
 __all__ = ["SqueezeExcite", "InvertedResidual", "standard_block", "se_block", "condconv_block",
            "BLOCKS", "ROUTING_MODES"]
@@ -54,7 +55,7 @@ class SqueezeExcite(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The learned, input-dependent weight of each channel, shape (B, C), each in (0, 1)."""
-        return self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        return self.gate(self.fc2(self.act(self.fc1(global_avg_pool(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.channel_weights(x)[:, :, None, None].to(x.dtype)
