@@ -188,28 +188,24 @@ class _PerExampleMatmul(torch.autograd.Function):
     def forward(ctx, x4, weight, r, kernel_shape, channels_last):
         ctx.kernel_shape, ctx.channels_last = kernel_shape, channels_last
         ctx.save_for_backward(x4, weight, r)
+        # The forward pass runs inside condconv2d's ``cpu_matmul`` context; the backward sets its own.
         B, _, H, W = x4.shape
-        with cpu_matmul(x4):
-            y = _PerExampleMatmul._forward(_as_matrices(x4, channels_last), weight, r, kernel_shape, channels_last)
-        c_out = kernel_shape[1] if channels_last else kernel_shape[0]
-        return y.view(B, H, W, c_out).permute(0, 3, 1, 2) if channels_last else y.view(B, c_out, H, W)
-
-    @staticmethod
-    def _forward(x, weight, r, kernel_shape, channels_last):
-        B = x.shape[0]
+        x = _as_matrices(x4, channels_last)
         rows, cols = kernel_shape
         n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
         if n >= B:  # one chunk (always on a GPU): plain ops, nothing preallocated
             k = (r @ weight).view(B, rows, cols)
-            return torch.bmm(x, k) if channels_last else torch.bmm(k, x)
-        out = x.new_empty((B, x.shape[1], cols) if channels_last else (B, rows, x.shape[2]))
-        for s in range(0, B, n):
-            k = (r[s:s + n] @ weight).view(-1, rows, cols)
-            if channels_last:
-                torch.bmm(x[s:s + n], k, out=out[s:s + n])
-            else:
-                torch.bmm(k, x[s:s + n], out=out[s:s + n])
-        return out
+            y = torch.bmm(x, k) if channels_last else torch.bmm(k, x)
+        else:
+            y = x.new_empty((B, x.shape[1], cols) if channels_last else (B, rows, x.shape[2]))
+            for s in range(0, B, n):
+                k = (r[s:s + n] @ weight).view(-1, rows, cols)
+                if channels_last:
+                    torch.bmm(x[s:s + n], k, out=y[s:s + n])
+                else:
+                    torch.bmm(k, x[s:s + n], out=y[s:s + n])
+        c_out = cols if channels_last else rows
+        return y.view(B, H, W, c_out).permute(0, 3, 1, 2) if channels_last else y.view(B, c_out, H, W)
 
     @staticmethod
     def backward(ctx, grad_out):
