@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements the issues ask for, in stages that each fit a time limit:
-#   bench    python -m irnet_lib.bench in channels_last and bf16 modes (batch 256, the three
-#            variants), with the 55-epoch projection of the recipe (130k random 64 px images,
-#            tensor pipeline, one measured epoch per variant);
-#   eager    the same for contiguous fp32 eager and MobileNetV2 (no projection);
-#   compile  torch.compile + bf16 (the GPU's default path in the bench), with its projection;
+#   test     the CUDA-graph tests (tests/test_graphs.py): a replayed step equals the eager one;
+#   bench    python -m irnet_lib.bench: the three variants and MobileNetV2 in eager, channels_last,
+#            bf16 and graph_bf16 modes (batch 256), with the 55-epoch projection of the recipe in
+#            the GPU's default mode (graph_bf16; 130k random 64 px images, tensor pipeline, one
+#            measured epoch per variant);
+#   project  the bench in graph_bf16 mode only, with its projection;
+#   profile  benchmarks/gpu_profile.py: kernels per step, GPU time against wall time;
+#   compile  torch.compile + bf16, with its projection (warm-up 67-81 s per variant on an H200);
 #   fmnist   the blocks trained on the full Fashion-MNIST (60k / 10k, 64 px pipeline, batch 256,
 #            the recipe's peak lr 0.2, its schedule's shape compressed to $EPOCHS epochs).
 # Everything is packed into OUT/results.tgz (checkpoints left out) after each stage, and the bench
@@ -13,15 +16,16 @@
 #   bash benchmarks/gpu_check.sh OUT [FASHION_MNIST_ROOT]
 #   STAGES="fmnist" BLOCKS="condconv" bash benchmarks/gpu_check.sh OUT data    # one stage, one block
 #
-# Measured once on an H200 (2026-11-26): bench ~125 s; torch.compile warm-up 67-81 s per variant
-# (so compile needs ~5 min for three); fmnist at 10 epochs 68 s (standard), 89 s (SE), ~260 s
-# (CondConv, projected from its first epoch). One device call may run 10 minutes: plan two calls.
+# Measured on an H200 (2026-11-26, before CUDA graphs): torch.compile warm-up 67-81 s per variant;
+# fmnist at 10 epochs 68 s (standard), 89 s (SE), ~260 s (CondConv, projected from its first
+# epoch). One device call may run 10 minutes.
 set -u
 OUT=${1:?usage: gpu_check.sh OUT [FASHION_MNIST_ROOT]}
 FM_ROOT=${2:-data}
-STAGES=${STAGES:-bench fmnist}
+STAGES=${STAGES:-test bench profile fmnist}
 EPOCHS=${EPOCHS:-10}
 BLOCKS=${BLOCKS:-standard se condconv}
+FMNIST_NAME=${FMNIST_NAME:-fashion-mnist-gpu-${EPOCHS}ep}   # and FMNIST_ARGS: more reproduce flags
 mkdir -p "$OUT"
 # Outside OUT (whose files come back one by one): on a machine kept between two calls, a second
 # call finds the first one's checkpoints here and resumes the training runs.
@@ -37,24 +41,35 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 
 for stage in $STAGES; do
   case $stage in
+    test)
+      log "tests: CUDA graphs"
+      # -o addopts=: the project's defaults ask for nbval, which a bare GPU image may lack
+      timeout "${TEST_S:-120}" python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphs.py 2>&1 | tail -5 ;;
+    project)
+      log "bench: graph_bf16 only, with the projection"
+      timeout "${PROJECT_S:-150}" python3 -m irnet_lib.bench --device cuda --modes graph_bf16 \
+          --variants standard se condconv --reps 3 --out "$WORK/bench-projection" ;;
     bench)
-      log "bench: channels_last, bf16, projection"
-      timeout "${BENCH_S:-200}" python3 -m irnet_lib.bench --device cuda --modes channels_last bf16 \
-          --variants standard se condconv --reps 3 --out "$WORK/bench" ;;
-    eager)
-      log "bench: eager, MobileNetV2"
-      timeout "${EAGER_S:-150}" python3 -m irnet_lib.bench --device cuda --modes eager channels_last bf16 --reps 3 \
-          --no-project --out "$WORK/bench-eager" ;;
+      log "bench: eager, channels_last, bf16, graph_bf16, MobileNetV2; projection"
+      timeout "${BENCH_S:-240}" python3 -m irnet_lib.bench --device cuda --modes eager channels_last bf16 graph_bf16 \
+          --reps 3 --out "$WORK/bench" ;;
+    profile)
+      log "profile: kernels per training step"
+      timeout "${PROFILE_S:-90}" python3 benchmarks/gpu_profile.py --out "$WORK/bench" ;;
     compile)
       log "bench: torch.compile + bf16"
       timeout "${COMPILE_S:-420}" python3 -m irnet_lib.bench --device cuda --modes compile_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-compile" ;;
     fmnist)
-      log "Fashion-MNIST, $BLOCKS, $EPOCHS epochs"
-      timeout "${FMNIST_S:-380}" python3 -m irnet_lib.reproduce --data fashion-mnist --root "$FM_ROOT" \
-          --out "$WORK/fashion-mnist-gpu-${EPOCHS}ep" --figure "$WORK/fig5_fashion-mnist-gpu-${EPOCHS}ep.png" \
-          --epochs "$EPOCHS" --warmup-epochs 1 --blocks $BLOCKS --quiet ;;
-    *) echo "unknown stage $stage (bench, eager, compile, fmnist)"; exit 2 ;;
+      # one block at a time, packed after each: a stage stopped by its limit keeps finished blocks
+      for block in $BLOCKS; do
+        log "Fashion-MNIST, $block, $EPOCHS epochs ${FMNIST_ARGS:-}"
+        timeout "${FMNIST_S:-380}" python3 -m irnet_lib.reproduce --data fashion-mnist --root "$FM_ROOT" \
+            --out "$WORK/$FMNIST_NAME" --figure "$WORK/fig5_$FMNIST_NAME.png" \
+            --epochs "$EPOCHS" --warmup-epochs 1 --blocks $block --quiet ${FMNIST_ARGS:-}
+        pack
+      done ;;
+    *) echo "unknown stage $stage (test, bench, project, profile, compile, fmnist)"; exit 2 ;;
   esac
   pack
 done

@@ -13,7 +13,9 @@ For every network and every *mode* it measures, at the paper's 56x56 input and 1
 
 Modes: ``eager`` (contiguous fp32, the plain PyTorch default), ``channels_last`` (NHWC fp32),
 ``bf16`` (NHWC + bf16 autocast), ``compile`` (NHWC fp32 + ``torch.compile``) and, on a GPU,
-``compile_bf16``. Warm-up calls (and compilation) are excluded; each figure is the median over
+``compile_bf16`` and ``graph_bf16`` (bf16 with each training step's forward and backward replayed
+as one CUDA graph, :mod:`irnet_lib.graphs`: what training does by default on one GPU; inference
+stays eager). Warm-up calls (and compilation) are excluded; each figure is the median over
 ``reps`` repetitions with the spread (IQR and min/max). Repetitions are *interleaved*: every
 repetition times all networks and modes one after the other, so a burst of load from other
 processes on a shared machine hits all of them alike, and ratios are taken per repetition
@@ -39,6 +41,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +49,33 @@ from torch import nn
 
 from . import allocator
 from .condconv import cpu_matmul_library
+from .graphs import GraphedStep
 from .network import irnet
 
 __all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise"]
 
 VARIANTS = ("standard", "se", "condconv", "mobilenet_v2")
-# mode -> (channels_last, bf16 autocast, torch.compile)
+
+
+class Mode(NamedTuple):
+    channels_last: bool
+    bf16: bool                # bf16 autocast
+    compiled: bool            # torch.compile
+    graphed: bool = False     # the training step's forward and backward as one CUDA graph
+
+
 MODES = {
-    "eager": (False, False, False),
-    "channels_last": (True, False, False),
-    "bf16": (True, True, False),
-    "compile": (True, False, True),
-    "compile_bf16": (True, True, True),
+    "eager": Mode(False, False, False),
+    "channels_last": Mode(True, False, False),
+    "bf16": Mode(True, True, False),
+    "compile": Mode(True, False, True),
+    "compile_bf16": Mode(True, True, True),
+    "graph_bf16": Mode(True, True, False, graphed=True),
 }
-# The training path each device is meant to use: the one the targets are about.
-DEFAULT_MODE = {"cpu": "channels_last", "cuda": "compile_bf16"}
+GPU_ONLY_MODES = ("compile_bf16", "graph_bf16")
+# The training path each device is meant to use (what irnet_lib.train.fit does by default there):
+# the one the targets are about.
+DEFAULT_MODE = {"cpu": "channels_last", "cuda": "graph_bf16"}
 PAPER_HOURS = {"standard": 5.5, "se": 6.0}   # Table 3, 55 epochs on a Colab GPU
 RECIPE = dict(epochs=55, train_images=130_000, test_images=5_000, image_px=64, batch_size=256)
 IMAGE_SIZE, NUM_CLASSES = 56, 100
@@ -133,7 +148,7 @@ class Case:
     times: dict = field(default_factory=lambda: {"train": [], "infer": [], "latency": []})
 
     def __post_init__(self):
-        channels_last, bf16, compiled = MODES[self.mode]
+        channels_last, bf16, compiled, graphed = MODES[self.mode]
         torch.manual_seed(0)  # every mode of a variant starts from the same weights
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = build(self.variant).to(self.device, memory_format=fmt)
@@ -150,13 +165,21 @@ class Case:
         xi = torch.randn(self.infer_batch, 3, self.image_size, self.image_size, generator=g)
         self.xi = xi.to(self.device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, NUM_CLASSES, (self.batch,), generator=g).to(self.device)
+        self.graphed = None
+        if graphed:
+            self.model.train()
+            self.graphed = GraphedStep(self.model, F.cross_entropy, self.x, self.y,
+                                       autocast_dtype=torch.bfloat16 if bf16 else None)
 
     def train_step(self):
         self.model.train()
-        self.opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = F.cross_entropy(self.net(self.x), self.y)
-        loss.backward()
+        if self.graphed is not None:
+            self.graphed(self.x, self.y)
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = F.cross_entropy(self.net(self.x), self.y)
+            loss.backward()
         self.opt.step()
 
     def infer(self, x):
@@ -223,12 +246,15 @@ class Settings:
             # One compiled mode per device: compiling costs minutes per network (67-81 s per IR-NET
             # variant for its training graph alone on an H200), and a GPU trains in bf16.
             compiled = "compile_bf16" if gpu else "compile"
-            self.modes = tuple(m for m in MODES if "compile" not in m or (self.compile and m == compiled))
+            self.modes = tuple(m for m in MODES if (gpu or m not in GPU_ONLY_MODES)
+                               and (not MODES[m].compiled or (self.compile and m == compiled)))
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"unknown mode(s) {bad}: choose from {tuple(MODES)}")
-        if not gpu and "compile_bf16" in self.modes:
-            self.modes = tuple(m for m in self.modes if m != "compile_bf16")
+        bad = [m for m in self.modes if not gpu and m in GPU_ONLY_MODES]
+        if bad:
+            raise ValueError(f"mode(s) {bad} need a GPU: run with --device cuda, or pick from "
+                             f"{tuple(m for m in MODES if m not in GPU_ONLY_MODES)}")
         # iterations per timed repetition: long enough to dwarf timer and launch overheads
         # (a CPU training step at batch 64 already takes seconds)
         self.iters = {"train": 1, "infer": 1, "latency": 5} if not gpu else {"train": 10, "infer": 10, "latency": 50}
@@ -257,7 +283,7 @@ def run(settings: Settings, log=print, save=None) -> dict:
         f"interleaved repetitions, modes {list(s.modes)}, variants {list(s.variants)}")
     log(NOISE_NOTE)
 
-    if any(MODES[m][2] for m in s.modes):
+    if any(MODES[m].compiled for m in s.modes):
         # The three IR-NET variants share IRNet.forward, and each is compiled for training, batched
         # inference and batch 1: more graphs per code object than dynamo's default limit of 8,
         # past which it silently falls back to eager.
@@ -268,9 +294,9 @@ def run(settings: Settings, log=print, save=None) -> dict:
     cases, skipped = [], {}
     for mode in s.modes:
         for variant in s.variants:
-            case = Case(variant, mode, device, s.batch, s.image_size, s.infer_batch)
             try:
                 t0 = time.perf_counter()
+                case = Case(variant, mode, device, s.batch, s.image_size, s.infer_batch)  # a graph is captured here
                 for fn in case.callables().values():   # warm-up (and compilation) excluded
                     for _ in range(s.warmup):
                         fn()
@@ -352,7 +378,8 @@ def _random_imagenet100(n_train: int, px: int, num_classes: int = NUM_CLASSES):
 def project(s: Settings, device, mode: str, rows: list[dict], log=print, progress=None) -> dict:
     """The recipe's wall time (55 epochs of ~130k images, plus a 5k-image test pass per epoch),
     projected from measured training steps *through the data pipeline* where it exists (random
-    uint8 images of 64 px, ``make_loader``'s tensor pipeline), else from the model-only table."""
+    uint8 images of 64 px, ``make_loader``'s tensor pipeline), else from the model-only table;
+    plus, once, the measured set-up (model, CUDA graph, the first step of each batch size)."""
     r = RECIPE
     steps_per_epoch = math.ceil(r["train_images"] / s.batch)
     infer = {row["variant"]: row["infer_img_s"] for row in rows if row["mode"] == mode}
@@ -361,18 +388,20 @@ def project(s: Settings, device, mode: str, rows: list[dict], log=print, progres
         from .data import make_loader
     except ImportError:
         make_loader = None
-    channels_last, bf16, compiled = MODES[mode]
     measure = 2 if s.short else (5 if device.type == "cpu" else steps_per_epoch)
     warm = 1 if s.short else 3
     # On a GPU the whole 130k set lives in GPU memory; on a CPU a pool of just the images the
     # measured steps use (a step's cost does not depend on how many images are in the pool).
     pool = r["train_images"] if device.type == "cuda" and not s.short else (measure + warm) * s.batch
     data = _random_imagenet100(pool, r["image_px"]) if make_loader is not None else None
+    last = r["train_images"] % s.batch   # the size of each epoch's last, partial batch
     for variant in [v for v in s.variants if v != "mobilenet_v2"]:
+        _sync(device)
+        t_setup = time.perf_counter()
         case = Case(variant, mode, device, s.batch, s.image_size, s.infer_batch)
         if data is not None:
             loader = make_loader(data, "train", s.batch, device=device, pipeline="tensor",
-                                 channels_last=channels_last)
+                                 channels_last=MODES[mode].channels_last)
 
             def batches():
                 epoch = 0
@@ -390,10 +419,20 @@ def project(s: Settings, device, mode: str, rows: list[dict], log=print, progres
             step = case.train_step
         for _ in range(warm):
             step()
+        if last:
+            # A batch size's first step costs one-time set-up (on a GPU, cuDNN building its
+            # execution plans for every layer's new shapes: seconds). A run pays it once, not once
+            # per epoch, so it is timed here, apart, and added once below.
+            full = case.x, case.y
+            case.x, case.y = full[0][:last], full[1][:last]
+            case.train_step()
+            case.x, case.y = full
+        _sync(device)
+        setup_s = time.perf_counter() - t_setup
         t = _time(step, measure, device)
         test_s = r["test_images"] / infer[variant] if variant in infer else 0.0
-        total_s = r["epochs"] * (steps_per_epoch * t + test_s)
-        entry = {"step_s": t, "measured_steps": measure, "data_pipeline": data is not None,
+        total_s = setup_s + r["epochs"] * (steps_per_epoch * t + test_s)
+        entry = {"step_s": t, "measured_steps": measure, "data_pipeline": data is not None, "setup_s": setup_s,
                  "epoch_s": steps_per_epoch * t + test_s, "total_s": total_s,
                  "total_h": total_s / 3600, "paper_h": PAPER_HOURS.get(variant)}
         out["variants"][variant] = entry
@@ -442,9 +481,10 @@ def summarise(result: dict) -> str:
         for v, e in p["variants"].items():
             paper = f", paper: {e['paper_h']} h on a Colab GPU" if e["paper_h"] else ""
             how = "with the tensor data pipeline" if e["data_pipeline"] else "model only"
+            setup = f" + {e['setup_s']:.0f} s set-up once" if "setup_s" in e else ""
             lines.append(f"(3) {v:>8s}: {rc['epochs']} epochs x {rc['train_images']:,} images ({rc['image_px']} px, "
                          f"batch {rc['batch_size']}, {p['mode']}, {how}) projected from {e['measured_steps']} "
-                         f"measured steps: {e['total_h']:.2f} h ({e['total_s'] / 60:.0f} min) on {p['device']}{paper}")
+                         f"measured steps{setup}: {e['total_h']:.2f} h ({e['total_s'] / 60:.1f} min) on {p['device']}{paper}")
     lines.append(result["gpu_target_note"])
     if result["skipped"]:
         lines.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()))

@@ -272,6 +272,12 @@ def _mixed_pointwise(x, weight, r, stride):
         return _PerExampleMatmul.apply(x, weight.view(M, c_out * C), r, (c_out, C), False)
 
 
+# How a channels_last batch is folded into one image for the grouped conv, per device:
+# "channels_last", (1, H, W, B*C) in memory, or "contiguous", (1, B*C, H, W). Either costs two
+# layout copies; which conv kernel is faster on the folded image depends on the library.
+FOLD_LAYOUT = {"cpu": "channels_last", "cuda": "channels_last"}
+
+
 def _mixed_grouped(x, weight, r, stride, padding, groups):
     """Any other kernel: fold the batch into the channel axis and run one grouped convolution
     whose groups are (example, original group). For a depthwise conv this is again a depthwise
@@ -280,7 +286,8 @@ def _mixed_grouped(x, weight, r, stride, padding, groups):
     c_out = weight.shape[1]
     w = _mix(r, weight)
     w = w.reshape(B * c_out, *w.shape[2:])
-    if _channels_last(x):
+    cl = _channels_last(x)
+    if cl and FOLD_LAYOUT.get(x.device.type, "channels_last") == "channels_last":
         # Folded channels_last, (1, H, W, B*C) in memory: the depthwise kernels of the CPU
         # library are fast in that layout and slow on a one-image NCHW tensor (measured 1.5-2.5x
         # for the whole fwd+bwd including the two layout copies).
@@ -290,7 +297,8 @@ def _mixed_grouped(x, weight, r, stride, padding, groups):
         y = y.permute(0, 2, 3, 1).reshape(Ho, Wo, B, c_out).permute(2, 3, 0, 1)
         return y.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(x.reshape(1, B * C, H, W), w, stride=stride, padding=padding, groups=B * groups)
-    return y.view(B, c_out, *y.shape[-2:])
+    y = y.view(B, c_out, *y.shape[-2:])
+    return y.contiguous(memory_format=torch.channels_last) if cl else y
 
 
 def _wide(x, weight, r, stride, padding, groups):

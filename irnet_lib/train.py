@@ -15,6 +15,7 @@ metadata: which data, which hardware, how long). Running the same command again 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import reuse_freed_memory, state as allocator_state
+from .graphs import GraphedStep, graphs_available
 from .recipe import Recipe, lr_at, make_optimizer, make_scheduler
 
 __all__ = ["fit", "train", "evaluate", "Run", "NonFiniteLossError", "CheckpointMismatchError", "atomic_save",
@@ -201,6 +204,36 @@ def _autocast(device: torch.device, precision: str):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
 
+def _use_cuda_graph(cuda_graph: bool | None, device: torch.device, compile: bool, world: int) -> bool:
+    """Whether ``fit`` captures its steps as a CUDA graph: ``None`` decides, ``True`` insists."""
+    if cuda_graph is None:
+        return graphs_available(device) and not compile and world == 1
+    if cuda_graph:
+        if not graphs_available(device):
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}: leave it unset (automatic) "
+                             "or pass cuda_graph=False")
+        if compile:
+            raise ValueError("cuda_graph=True with compile=True: torch.compile brings its own CUDA graphs "
+                             "(compile_kwargs={'mode': 'reduce-overhead'}); pick one of the two")
+        if world > 1:
+            raise ValueError(f"cuda_graph=True with {world} processes: graphed steps are single-process "
+                             "here (DDP's gradient hooks run outside the graph); leave it unset under torchrun")
+    return bool(cuda_graph)
+
+
+def _capture(model, loss_fn, x, y, precision: str, strict: bool):
+    """A GraphedStep from the first batch, or ``None`` (with a warning) where capture fails and
+    graphs were not insisted on."""
+    try:
+        return GraphedStep(model, loss_fn, x, y, autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+    except Exception as e:
+        if strict:
+            raise
+        warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "training eagerly. Pass cuda_graph=False to skip the attempt.", stacklevel=3)
+        return None
+
+
 def _test_sums(model, loader, device, autocast, channels_last) -> torch.Tensor:
     """(summed cross-entropy, correct, images) over ``loader``, on the device (no host sync)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -239,7 +272,8 @@ def evaluate(model: nn.Module, loader, *, device=None, precision: str = "fp32", 
 
 def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), *, out_dir=None,
         meta: dict | None = None, device=None, precision: str = "auto", channels_last: bool | None = None,
-        compile: bool = False, compile_kwargs: dict | None = None, resume: bool = True,
+        compile: bool = False, compile_kwargs: dict | None = None, cuda_graph: bool | None = None,
+        resume: bool = True,
         max_epochs: int | None = None, quiet: bool = False, sync_every: int | None = None,
         label: str = "") -> Run:
     """Train ``model`` with ``recipe``; checkpoint, record and resume in ``out_dir``.
@@ -253,6 +287,9 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         channels_last: NHWC memory format (default on): the fast layout for depthwise convs on
             GPUs and on CPUs alike (about 1.5x on a 2-core CPU, see ``irnet_lib.bench``).
         compile: wrap the model in ``torch.compile(**compile_kwargs)``.
+        cuda_graph: replay each step's forward and backward as one CUDA graph
+            (:class:`~irnet_lib.graphs.GraphedStep`). Default: on for a single CUDA process
+            without ``compile`` (falling back to eager, with a warning, if capture fails).
         resume: continue from ``out_dir/last.pt`` when it exists (``False``: start over).
         max_epochs: stop after this many epochs *in this call* (a time-boxed session); calling
             again resumes. The schedule always spans ``recipe.train_num_epochs``.
@@ -270,6 +307,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
     autocast = _autocast(device, precision)   # checks precision before any work
     channels_last = True if channels_last is None else channels_last
     sync_every = sync_every or (1 if device.type == "cpu" else 50)
+    use_graph = _use_cuda_graph(cuda_graph, device, compile, world)
     if device.type == "cpu":
         reuse_freed_memory()  # ~1.4x on a CPU step: see irnet_lib.allocator
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -284,7 +322,7 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
 
     meta = dict(meta or {})
     config = dict(meta.get("config", {}), recipe=recipe.to_dict(), model=_model_signature(model))
-    meta.update(config=config, precision=precision, channels_last=channels_last, compile=compile,
+    meta.update(config=config, precision=precision, channels_last=channels_last, compile=compile, cuda_graph=use_graph,
                 device=str(device), hardware=hardware_name(device), world_size=world,
                 allocator=allocator_state(),
                 torch=torch.__version__, python=platform.python_version(),
@@ -331,6 +369,8 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
     else:
         eval_model = model
     memfmt = torch.channels_last if channels_last else torch.contiguous_format
+    loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
+    graphed = None   # captured from this call's first batch
 
     end_epoch = recipe.train_num_epochs if max_epochs is None else min(recipe.train_num_epochs,
                                                                        start_epoch + max_epochs)
@@ -350,11 +390,17 @@ def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), 
         for step, (x, y) in enumerate(train_loader):
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=memfmt)
-            with autocast():
-                logits = step_model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if use_graph and graphed is None:
+                graphed = _capture(model, loss_fn, x, y, precision, strict=bool(cuda_graph))
+                use_graph = meta["cuda_graph"] = graphed is not None
+            if graphed is not None:
+                logits, loss = graphed(x, y)
+            else:
+                with autocast():
+                    logits = step_model(x)
+                    loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -522,6 +568,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step as one CUDA graph (default: on for one GPU without --compile)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this session")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--workers", type=int, default=None)
@@ -550,7 +598,7 @@ def main(argv=None) -> Run:
                 train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
                 device=args.device, pipeline=args.pipeline, num_workers=args.workers,
                 precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                resume=not args.restart, max_epochs=args.max_epochs, quiet=args.quiet)
+                cuda_graph=args.cuda_graph, resume=not args.restart, max_epochs=args.max_epochs, quiet=args.quiet)
     if _world()[0] == 0 and len(run.history):
         print(f"{args.block} on {run.meta['dataset']}: best {run.best_accuracy:.2f} %, final "
               f"{run.final_accuracy:.2f} % after {len(run.history)} epochs, "

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from irnet_lib import condconv
 from irnet_lib.condconv import CondConv2d, Routing, choose_method, condconv2d, condconv2d_reference
 
 
@@ -35,6 +36,21 @@ def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, 
     grads_fast = torch.autograd.grad(fast, (x, conv.weight, conv.routing.fc.weight), g, retain_graph=True)
     grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.routing.fc.weight), g)
     for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fold", ["channels_last", "contiguous"])
+def test_both_fold_layouts_match_the_loop_and_keep_channels_last(monkeypatch, fold):
+    monkeypatch.setitem(condconv.FOLD_LAYOUT, "cpu", fold)
+    conv, x = _case("depthwise", 2, 3, channels_last=True)
+    r = conv.routing(x)
+    fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups, method="mix")
+    ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    fast_grads = torch.autograd.grad(fast, (x, conv.weight), g, retain_graph=True)   # r is shared
+    for a, b in zip(fast_grads, torch.autograd.grad(ref, (x, conv.weight), g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

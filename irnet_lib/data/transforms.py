@@ -130,9 +130,12 @@ class TensorTransform:
             else:
                 x = images
             x = v2.functional.center_crop(x, [self.size, self.size]).float()
+        if self.mean.device != x.device:
+            # Once, not per batch: a copy from pageable CPU memory waits for the GPU to finish
+            # all queued work, which would stall every training step behind its data.
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         # one fused step: /255, then (x - mean) / std
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x * (1.0 / 255.0) - mean) / std  # broadcasting expands 1 channel to 3
+        x = (x * (1.0 / 255.0) - self.mean) / self.std  # broadcasting expands 1 channel to 3
         return x.contiguous()
 
     def random_resized_crop(self, images: torch.Tensor, generator=None) -> torch.Tensor:

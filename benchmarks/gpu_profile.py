@@ -1,0 +1,102 @@
+"""Where a GPU training step's time goes, per IR-NET variant: kernels launched per step, the
+time the GPU spends in them, and the wall time of the step, eager (bf16, channels_last) and
+replayed as one CUDA graph (``irnet_lib.graphs``); plus the kernels that take the most time.
+
+    python benchmarks/gpu_profile.py --out results/bench      # needs a CUDA GPU; ~30 s
+
+A step whose wall time is well above its kernel time is bound by the CPU launching the kernels,
+which is what a CUDA graph removes. Prints a table and writes ``<out>/gpu-profile.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from irnet_lib import bench  # noqa: E402
+
+
+def wall_ms(case, steps: int) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        case.train_step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def kernels(case, steps: int):
+    """(kernels per step, GPU kernel ms per step, the top kernels by time)."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            case.train_step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA and t > 0:
+            rows.append((e.key, e.count, t))
+    n = sum(c for _, c, _ in rows) / steps
+    busy = sum(t for _, _, t in rows) / steps / 1e3
+    top = sorted(rows, key=lambda r: -r[2])[:8]
+    return n, busy, [{"kernel": k[:90], "calls_per_step": c / steps, "ms_per_step": t / steps / 1e3}
+                     for k, c, t in top]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--variants", nargs="+", default=["standard", "se", "condconv"])
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("gpu_profile.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    device = torch.device("cuda")
+    result = {"hardware": bench.hardware(device), "batch": args.batch, "rows": []}
+    for variant in args.variants:
+        for mode in ("bf16", "graph_bf16"):
+            case = bench.Case(variant, mode, device, args.batch, bench.IMAGE_SIZE)
+            for _ in range(3):
+                case.train_step()
+            ms = wall_ms(case, 20)
+            n, busy, top = kernels(case, args.steps)
+            row = {"variant": variant, "mode": mode, "fold_layout": "default", "wall_ms": ms, "kernels_per_step": n,
+                   "kernel_ms": busy, "top": top}
+            result["rows"].append(row)
+            print(f"{variant:>9s} {mode:<10s} step {ms:6.2f} ms wall, {busy:6.2f} ms in {n:5.0f} kernels", flush=True)
+            if mode == "bf16":
+                for t in top:
+                    print(f"      {t['ms_per_step']:6.2f} ms  x{t['calls_per_step']:<4.0f} {t['kernel']}")
+            del case
+    if "condconv" in args.variants:
+        # CondConv's depthwise layers folded into a (1, B*C, H, W) image instead of the default
+        # channels_last fold: which grouped-conv kernel the GPU library has the faster one of.
+        from irnet_lib import condconv
+        default = condconv.FOLD_LAYOUT["cuda"]
+        other = "contiguous" if default == "channels_last" else "channels_last"
+        for mode in ("bf16", "graph_bf16"):
+            condconv.FOLD_LAYOUT["cuda"] = other
+            case = bench.Case("condconv", mode, device, args.batch, bench.IMAGE_SIZE)
+            for _ in range(3):
+                case.train_step()
+            ms = wall_ms(case, 20)
+            condconv.FOLD_LAYOUT["cuda"] = default
+            result["rows"].append({"variant": "condconv", "mode": mode, "fold_layout": other, "wall_ms": ms})
+            print(f" condconv {mode:<10s} step {ms:6.2f} ms wall with depthwise folded {other}", flush=True)
+            del case
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu-profile.json").write_text(json.dumps(result, indent=1))
+    print(f"saved {out / 'gpu-profile.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""A training step's forward and backward pass replayed as one CUDA graph.
+
+IR-NET is small: at batch 256 and 56x56 pixels a GPU finishes most of its kernels in a few
+microseconds, while eager PyTorch spends tens of microseconds of Python, dispatcher and driver
+time launching each of the ~1,000 kernels of one training step. The step is then bound by the
+CPU that launches it, not by the GPU. A CUDA graph records those launches once and replays them
+with one call (``torch.cuda.graph``, "whole-network capture" in PyTorch's CUDA-graph notes).
+
+What is captured: forward, loss and backward, writing the gradients into the parameters'
+``.grad`` tensors, which the graph owns from then on. The optimiser step stays outside, eager:
+its learning rate is a Python number that the scheduler changes, and a graph would freeze it.
+That costs a few multi-tensor launches per step, not a thousand.
+
+A graph replays fixed shapes from fixed addresses, so every batch is copied into the graph's own
+input tensors; a batch of another size (an epoch's last, partial batch) runs eagerly into the same
+gradient tensors.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["GraphedStep", "graphs_available"]
+
+
+def graphs_available(device) -> bool:
+    """CUDA graphs need a CUDA device (not a CPU, not Apple's MPS)."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+class GraphedStep:
+    """``logits, loss = step(x, y)``: forward, loss and backward of ``model`` on one batch, with
+    fresh gradients in each parameter's ``.grad`` (not added to the previous ones); then step
+    the optimiser as usual, but never with ``zero_grad(set_to_none=True)``, which would
+    disconnect ``.grad`` from the graph (that is checked, and raises).
+
+    ``x, y`` given here are an example batch: every batch of that shape replays the graph.
+    ``autocast_dtype``: ``torch.bfloat16`` for the mixed-precision forward, or ``None`` (fp32).
+    The returned ``logits`` and ``loss`` are the graph's output tensors: read them (or queue work
+    on them) before the next call overwrites them.
+
+    Capturing runs ``warmup`` eager passes first (on a side stream, as CUDA requires); they would
+    move BatchNorm's running statistics, so every buffer is put back afterwards: the capture
+    leaves the model exactly as it found it.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *,
+                 autocast_dtype: torch.dtype | None = None, warmup: int = 3):
+        if not graphs_available(x.device):
+            raise ValueError(f"CUDA graphs need a CUDA device; the batch is on {x.device}. "
+                             "Train without them (cuda_graph=False) on this device.")
+        self.model, self.loss_fn, self.autocast_dtype = model, loss_fn, autocast_dtype
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.static_x, self.static_y = x.clone(), y.clone()   # clone keeps channels_last
+        saved = [b.detach().clone() for b in model.buffers()]
+        try:
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self._set_grads_to_none()
+                    self._forward_backward(self.static_x, self.static_y)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            # Gradients that do not exist yet are allocated inside the graph, from its memory
+            # pool: each replay then *writes* them instead of adding to them.
+            self._set_grads_to_none()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits, self.loss = self._forward_backward(self.static_x, self.static_y)
+        except BaseException:
+            self._set_grads_to_none()
+            raise
+        finally:
+            with torch.no_grad():
+                for b, s in zip(model.buffers(), saved):
+                    b.copy_(s)
+        self.grads = [p.grad for p in self.params]
+
+    def _set_grads_to_none(self):
+        for p in self.params:
+            p.grad = None
+
+    def _autocast(self):
+        # The autocast cache would keep casts made during capture: off, as the CUDA-graph notes ask.
+        return torch.autocast("cuda", dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None, cache_enabled=False)
+
+    def _forward_backward(self, x, y):
+        with self._autocast():
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        loss.backward()
+        return logits.detach(), loss.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        if any(p.grad is not g for p, g in zip(self.params, self.grads)):
+            raise RuntimeError("a parameter's .grad is no longer the CUDA graph's gradient tensor: something "
+                               "called zero_grad(set_to_none=True) or assigned .grad. With a GraphedStep, "
+                               "leave the gradients alone (each call overwrites them).")
+        if x.shape == self.static_x.shape and y.shape == self.static_y.shape:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return self.logits, self.loss
+        # Another batch size: eager, accumulating into the graph's gradient tensors, zeroed first.
+        for g in self.grads:
+            if g is not None:   # None: a parameter the loss does not depend on
+                g.zero_()
+        return self._forward_backward(x, y)
