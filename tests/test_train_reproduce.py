@@ -66,3 +66,6 @@ def test_quick_command_end_to_end(tmp_path):
     assert len(df) == 3 and (tmp_path / "fig5.png").is_file() and (tmp_path / "quick" / "table3.md").is_file()
     for block in ("standard", "se", "condconv"):
         assert (tmp_path / "quick" / block / "history.csv").is_file()
+    # the quick mode steps the lr per iteration: CondConv does not survive the per-epoch 100x jump
+    assert json.loads((tmp_path / "quick" / "condconv" / "history.json").read_text())["meta"]["config"]["recipe"][
+        "lr_step"] == "iteration"
