@@ -16,9 +16,10 @@
 #   bash benchmarks/gpu_check.sh OUT [FASHION_MNIST_ROOT]
 #   STAGES="fmnist" BLOCKS="condconv" bash benchmarks/gpu_check.sh OUT data    # one stage, one block
 #
-# Measured on an H200 (2026-11-26, before CUDA graphs): torch.compile warm-up 67-81 s per variant;
-# fmnist at 10 epochs 68 s (standard), 89 s (SE), ~260 s (CondConv, projected from its first
-# epoch). One device call may run 10 minutes.
+# Measured on an H200 (2026-11-26, with CUDA graphs): test 45 s, profile 55 s, bench 145 s, project
+# 90 s; fmnist at 10 epochs 60 s (standard), 70 s (SE), 135 s (CondConv), loading included;
+# torch.compile's warm-up (an earlier session) 67-81 s per variant. One device call may run 10
+# minutes, and a session's device time is short: pick the stages (STAGES=...) to fit.
 set -u
 OUT=${1:?usage: gpu_check.sh OUT [FASHION_MNIST_ROOT]}
 FM_ROOT=${2:-data}
