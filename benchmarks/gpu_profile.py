@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,15 +20,6 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from irnet_lib import bench  # noqa: E402
-
-
-def wall_ms(case, steps: int) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        case.train_step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps * 1e3
 
 
 def kernels(case, steps: int):
@@ -69,7 +59,7 @@ def main(argv=None):
         for _ in range(3):
             case.train_step()
         result["rows"].append({"variant": variant, "mode": mode, "fold_layout": "default",
-                               "wall_ms": wall_ms(case, 20)})
+                               "wall_ms": 1e3 * bench.time_per_call(case.train_step, 20, device)})
     if "condconv" in args.variants:
         # CondConv's depthwise layers folded the other way ((1, B*C, H, W) instead of the default
         # channels_last fold): which of the two grouped-conv kernels the GPU library runs faster.
@@ -83,7 +73,7 @@ def main(argv=None):
                 for _ in range(3):
                     case.train_step()
                 result["rows"].append({"variant": "condconv", "mode": mode, "fold_layout": other,
-                                       "wall_ms": wall_ms(case, 20)})
+                                       "wall_ms": 1e3 * bench.time_per_call(case.train_step, 20, device)})
                 del case
         finally:
             condconv.FOLD_LAYOUT["cuda"] = default

@@ -51,8 +51,9 @@ from . import allocator
 from .condconv import cpu_matmul_library
 from .graphs import GraphedStep
 from .network import irnet
+from .train import atomic_save
 
-__all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise"]
+__all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise", "time_per_call"]
 
 VARIANTS = ("standard", "se", "condconv", "mobilenet_v2")
 
@@ -191,7 +192,8 @@ class Case:
         return {"train": self.train_step, "infer": lambda: self.infer(self.xi), "latency": lambda: self.infer(self.x1)}
 
 
-def _time(fn, iters: int, device) -> float:
+def time_per_call(fn, iters: int, device) -> float:
+    """Seconds per call of ``fn``, over ``iters`` calls, the device's queue drained at both ends."""
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -312,7 +314,7 @@ def run(settings: Settings, log=print, save=None) -> dict:
     for rep in range(s.reps):
         for kind in ("train", "infer", "latency"):
             for case in cases:
-                case.times[kind].append(_time(case.callables()[kind], s.iters[kind], device))
+                case.times[kind].append(time_per_call(case.callables()[kind], s.iters[kind], device))
         log(f"  repetition {rep + 1}/{s.reps} done")
 
     rows = []
@@ -429,7 +431,7 @@ def project(s: Settings, device, mode: str, rows: list[dict], log=print, progres
             case.x, case.y = full
         _sync(device)
         setup_s = time.perf_counter() - t_setup
-        t = _time(step, measure, device)
+        t = time_per_call(step, measure, device)
         test_s = r["test_images"] / infer[variant] if variant in infer else 0.0
         total_s = setup_s + r["epochs"] * (steps_per_epoch * t + test_s)
         entry = {"step_s": t, "measured_steps": measure, "data_pipeline": data is not None, "setup_s": setup_s,
@@ -527,9 +529,7 @@ def main(argv=None) -> dict:
 
     def save(result):
         result["summary"] = summarise(result)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str))
-        tmp.replace(path)
+        atomic_save(json.dumps(result, indent=1, default=str), path)
 
     result = run(s, save=save)
     save(result)

@@ -49,7 +49,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 def data_label(run: Run) -> str:
     """Which data and hardware a run used."""
     m = run.meta
-    test_crop = m.get("config", {}).get("recipe", {}).get("test_crop", 56)
+    test_crop = run.recipe.get("test_crop", 56)
     crops = "56 px crops" if test_crop == 56 else f"56 px training crops, {test_crop} px test crops"
     return (f"{m['dataset']} ({m['train_size']} train / {m['test_size']} test images, {m['num_classes']} classes, "
             f"64 px pipeline, {crops}), {m['hardware']}")
@@ -93,10 +93,10 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
     first = next(iter(runs.values()))
     text = ("# Table 3, reproduced\n\n"
             f"Ours: {data_label(first)}; "
-            f"recipe: Table 2's shape ({first.meta['config']['recipe']['train_num_epochs']} epochs, "
-            f"peak lr {first.meta['config']['recipe']['train_lr_max']:.4g}, global batch "
-            f"{first.meta['config']['recipe']['data_batch_size']}, lr stepped per "
-            f"{first.meta['config']['recipe'].get('lr_step', 'epoch')}). Paper: ImageNet 64x64, 100 classes, 55 "
+            f"recipe: Table 2's shape ({first.recipe['train_num_epochs']} epochs, "
+            f"peak lr {first.recipe['train_lr_max']:.4g}, global batch "
+            f"{first.recipe['data_batch_size']}, lr stepped per "
+            f"{first.recipe.get('lr_step', 'epoch')}). Paper: ImageNet 64x64, 100 classes, 55 "
             "epochs, one Colab GPU; its CondConv row is empty. The two are different data and hardware: "
             "compare the ranking of the blocks, not the numbers. Times are wall times (on a shared "
             "machine they include waiting for other jobs).\n\n" + to_markdown(df))
@@ -151,7 +151,7 @@ def figure5(runs: dict[str, Run], path=None, title: str | None = None):
     first = next(iter(runs.values()))
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    per_iteration = first.meta.get("config", {}).get("recipe", {}).get("lr_step") == "iteration"
+    per_iteration = first.recipe.get("lr_step") == "iteration"
     fig.suptitle(title or f"Figure 5 reproduced: {data_label(first)}, {len(first.history)} epochs"
                  + (", lr stepped per iteration" if per_iteration else ""), fontsize=9)
     fig.tight_layout()
@@ -232,7 +232,7 @@ def report(runs, out_dir, figure=None, quiet=False):
 
 
 def main(argv=None):
-    from .train import recipe_from_args
+    from .train import add_device_arguments, recipe_from_args
     p = argparse.ArgumentParser(prog="python -m irnet_lib.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"the embedded sample, small: {QUICK}")
@@ -252,11 +252,7 @@ def main(argv=None):
     p.add_argument("--test-crop", type=int, default=56, help="64: evaluate on the whole image (beyond the paper)")
     p.add_argument("--ema-decay", type=float, default=0.0, help="also test an EMA of the weights (beyond the paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each step as one CUDA graph (default: on for one GPU without --compile)")
+    add_device_arguments(p)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.from_results:

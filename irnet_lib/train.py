@@ -70,9 +70,14 @@ class Run:
         return float(self.history["test_acc"].max())
 
     @property
+    def recipe(self) -> dict:
+        """The run's recipe as stored in its metadata (``Recipe.to_dict``; empty if none was)."""
+        return self.meta.get("config", {}).get("recipe", {})
+
+    @property
     def planned_epochs(self) -> int:
         """The epochs its recipe spans (more than ``len(history)`` while a run is unfinished)."""
-        return self.meta.get("config", {}).get("recipe", {}).get("train_num_epochs", len(self.history))
+        return self.recipe.get("train_num_epochs", len(self.history))
 
     @property
     def final_accuracy(self) -> float:
@@ -537,6 +542,15 @@ def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recip
     return fit(model, *loaders, recipe, out_dir=out_dir, meta=meta, device=device, label=block, **fit_kwargs)
 
 
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """Where and how fast to train: the flags ``train`` and ``reproduce`` share."""
+    p.add_argument("--device", default=None, help="default: cuda where there is a GPU, else cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step as one CUDA graph (default: on for one GPU without --compile)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m irnet_lib.train",
@@ -563,13 +577,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training set")
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.add_argument("--pipeline", default="auto", choices=["auto", "tensor", "torchvision"])
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each step as one CUDA graph (default: on for one GPU without --compile)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this session")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--workers", type=int, default=None)
