@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import allocator
+from . import depthwise_cpu
 from .condconv import cpu_matmul_library
 from .graphs import GraphedStep
 from .network import irnet
@@ -114,6 +115,8 @@ def hardware(device: torch.device) -> dict:
         "allocator": allocator.state(),
         # Where CondConv's per-example fp32 matmuls run on the CPU (irnet_lib.condconv).
         "cpu_matmul": cpu_matmul_library(),
+        # How its depthwise layers run on a channels_last CPU tensor (irnet_lib.depthwise_cpu).
+        "cpu_depthwise": depthwise_cpu.status(),
     }
     try:
         import torchvision
@@ -451,7 +454,8 @@ def summarise(result: dict) -> str:
     lines = [f"Hardware: {hw['gpu'] or 'no GPU'} | CPU: {hw['cpu']}, {hw['cpu_cores']} cores, "
              f"{hw['torch_threads']} torch threads | torch {hw['torch']}, torchvision {hw['torchvision']}"
              + (f" | malloc: {hw['allocator']}" if hw.get("allocator") and hw["device"] == "cpu" else "")
-             + (f" | CondConv CPU matmuls: {hw['cpu_matmul']}" if hw.get("cpu_matmul") and hw["device"] == "cpu" else "")]
+             + (f" | CondConv CPU matmuls: {hw['cpu_matmul']}" if hw.get("cpu_matmul") and hw["device"] == "cpu" else "")
+             + (f" | CondConv CPU depthwise: {hw['cpu_depthwise']}" if hw.get("cpu_depthwise") and hw["device"] == "cpu" else "")]
     if "load_average_at_start" in hw:
         lines.append(f"Load average (1, 5, 15 min) at start {hw['load_average_at_start']}, "
                      f"at end {hw.get('load_average_at_end')}")

@@ -14,9 +14,11 @@ Two kernel shapes matter here, both drawn in Figure 4:
 The fast path never loops over the batch in Python. Two formulations, chosen per layer by a
 multiply-add count (:func:`choose_method`):
 - "mix": one kernel per example. 1x1 kernels are mixed and applied by batched matmuls inside one
-  autograd function (on a CPU a cache-sized chunk of examples at a time, in oneDNN where it is exact:
-  :func:`cpu_matmul_library`); every other kernel becomes one grouped convolution over the whole
-  batch (groups multiplied by B);
+  autograd function (on a CPU in oneDNN where that is exact: :func:`cpu_matmul_library`); a
+  depthwise kernel on a channels_last CPU tensor is applied by a small compiled kernel that
+  convolves each example with its own kernel in place (:mod:`irnet_lib.depthwise_cpu`); every
+  other kernel becomes one grouped convolution over the whole batch (groups multiplied by B),
+  the batch folded into the channel axis;
 - "wide": the input is scaled by each r_m and stacked M times along channels, then one ordinary
   conv with all M experts side by side: no per-example kernel, but M times the conv's work. It
   pays only on feature maps of a few pixels, smaller than any in IR-NET.
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import depthwise_cpu
 from .pooling import global_avg_pool
 
 __all__ = ["Routing", "CondConv2d", "condconv2d", "condconv2d_reference", "choose_method", "METHODS",
@@ -151,21 +154,6 @@ def cpu_matmul(t: torch.Tensor):
     return nullcontext()
 
 
-# On a CPU the per-example kernels are mixed a few examples at a time, so that a chunk's kernels
-# (and, backward, their gradients) are still in cache when the batched matmul reads them. Mixing
-# the whole batch at once writes B kernels to memory and reads them back in each direction: for
-# IR-NET at batch 64 that is ~0.5 GB per pass, and it made the CondConv network's CPU training step
-# ~1.7x the SE network's. A GPU's cache holds no useful chunk and its launches cost more than its
-# memory traffic: there the whole batch is one chunk.
-_CHUNK_BYTES = 1 << 21
-
-
-def _chunk_size(batch: int, kernel_numel: int, element_size: int, device: torch.device) -> int:
-    if device.type != "cpu":
-        return batch
-    return max(1, min(batch, _CHUNK_BYTES // (kernel_numel * element_size)))
-
-
 def _as_matrices(x4: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A (B, C, H, W) tensor as one matrix per example, without a copy: (B, H*W, C) for
     channels_last, (B, C, H*W) for contiguous."""
@@ -178,10 +166,10 @@ class _PerExampleMatmul(torch.autograd.Function):
 
     Takes and returns (B, C, H, W) tensors; inside, each example is a matrix, ``x_b @ K_b`` for
     channels_last (kernel (C, C_out)) or ``K_b @ x_b`` for contiguous (kernel (C_out, C)).
-    The mixing and the matmul of each chunk of examples are done together, forward and backward,
-    and no per-example kernel is kept for the backward pass (it is re-mixed: M multiply-adds per
-    kernel weight, cheaper than storing and re-reading it). The input gradient is returned as a
-    fresh tensor, not a view, so that autograd can add the routing's gradient into it in place.
+    The per-example kernels are not kept for the backward pass but mixed again there (M
+    multiply-adds per kernel weight, cheaper than holding B kernels per layer until then). The
+    kernel gradient of each example is formed once and serves both the routing's gradient and
+    the experts'.
     """
 
     @staticmethod
@@ -190,22 +178,11 @@ class _PerExampleMatmul(torch.autograd.Function):
         ctx.save_for_backward(x4, weight, r)
         # The forward pass runs inside condconv2d's ``cpu_matmul`` context; the backward sets its own.
         B, _, H, W = x4.shape
+        k = (r @ weight).view(B, *kernel_shape)
         x = _as_matrices(x4, channels_last)
-        rows, cols = kernel_shape
-        n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
-        if n >= B:  # one chunk (always on a GPU): plain ops, nothing preallocated
-            k = (r @ weight).view(B, rows, cols)
-            y = torch.bmm(x, k) if channels_last else torch.bmm(k, x)
-        else:
-            y = x.new_empty((B, x.shape[1], cols) if channels_last else (B, rows, x.shape[2]))
-            for s in range(0, B, n):
-                k = (r[s:s + n] @ weight).view(-1, rows, cols)
-                if channels_last:
-                    torch.bmm(x[s:s + n], k, out=y[s:s + n])
-                else:
-                    torch.bmm(k, x[s:s + n], out=y[s:s + n])
-        c_out = cols if channels_last else rows
-        return y.view(B, H, W, c_out).permute(0, 3, 1, 2) if channels_last else y.view(B, c_out, H, W)
+        if channels_last:
+            return torch.bmm(x, k).view(B, H, W, -1).permute(0, 3, 1, 2)
+        return torch.bmm(k, x).view(B, -1, H, W)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -215,33 +192,26 @@ class _PerExampleMatmul(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_out):
         x4, weight, r = ctx.saved_tensors
-        rows, cols = ctx.kernel_shape
         cl = ctx.channels_last
+        B = x4.shape[0]
         fmt = torch.channels_last if cl else torch.contiguous_format
-        x, g_all = _as_matrices(x4, cl), _as_matrices(grad_out.contiguous(memory_format=fmt), cl)
+        g, x = _as_matrices(grad_out.contiguous(memory_format=fmt), cl), _as_matrices(x4, cl)
+        k = (r @ weight).view(B, *ctx.kernel_shape)
         need_x, need_w, need_r = ctx.needs_input_grad[:3]
-        grad_x4 = torch.empty_like(x4, memory_format=fmt) if need_x else None
-        grad_x = _as_matrices(grad_x4, cl) if need_x else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_r = torch.empty_like(r) if need_r else None
-        B = x.shape[0]
-        n = _chunk_size(B, weight.shape[1], weight.element_size(), x.device)
-        for s in range(0, B, n):
-            g, xs, rs = g_all[s:s + n], x[s:s + n], r[s:s + n]
-            k = (rs @ weight).view(-1, rows, cols)
-            if need_x:
-                if cl:
-                    torch.bmm(g, k.transpose(1, 2), out=grad_x[s:s + n])
-                else:
-                    torch.bmm(k.transpose(1, 2), g, out=grad_x[s:s + n])
-            if need_w or need_r:
-                # d out / d K_b, one kernel gradient per example, flattened like ``weight``'s rows
-                gk = (torch.bmm(xs.transpose(1, 2), g) if cl
-                      else torch.bmm(g, xs.transpose(1, 2))).view(g.shape[0], -1)
-                if need_r:
-                    torch.mm(gk, weight.t(), out=grad_r[s:s + n])
-                if need_w:
-                    grad_w.addmm_(rs.t(), gk)
+        grad_x4 = grad_w = grad_r = None
+        if need_x:
+            # A fresh tensor, not a view of the product, so that autograd adds the routing's
+            # gradient into it in place.
+            grad_x4 = torch.empty_like(x4, memory_format=fmt)
+            if cl:
+                torch.bmm(g, k.transpose(1, 2), out=_as_matrices(grad_x4, cl))
+            else:
+                torch.bmm(k.transpose(1, 2), g, out=_as_matrices(grad_x4, cl))
+        if need_w or need_r:
+            # d out / d K_b, one kernel gradient per example, flattened like ``weight``'s rows
+            gk = (torch.bmm(x.transpose(1, 2), g) if cl else torch.bmm(g, x.transpose(1, 2))).view(B, -1)
+            grad_r = gk @ weight.t() if need_r else None
+            grad_w = r.t() @ gk if need_w else None
         return grad_x4, grad_w, grad_r, None, None
 
 
@@ -259,8 +229,8 @@ def _mixed_pointwise(x, weight, r, stride):
     if torch.amp.is_autocast_available(dev):  # not on the "meta" device the counters use
         no_autocast = torch.autocast(dev, enabled=False)
         if torch.is_autocast_enabled(dev):
-            # The Function's matmuls write into preallocated outputs, which autocast does not
-            # cover: cast once to the dtype autocast would have used, compute with it off.
+            # The Function's backward runs outside autocast, so its forward must not leave the
+            # dtype to autocast: cast once to the dtype autocast would have used, compute with it off.
             dtype = torch.get_autocast_dtype(dev)
             x, weight, r = x.to(dtype), weight.to(dtype), r.to(dtype)
     with no_autocast:
@@ -347,6 +317,8 @@ def condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1, *, met
             return _wide(x, weight, r, stride, padding, groups)
         if kh == kw == 1 and groups == 1 and padding == 0:
             return _mixed_pointwise(x, weight, r, stride)
+        if depthwise_cpu.supports(x, weight, padding, groups):
+            return depthwise_cpu.per_example_depthwise(x, weight, r, stride)
         return _mixed_grouped(x, weight, r, stride, padding, groups)
 
 

@@ -23,6 +23,8 @@ def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
     result, path = tiny_run
     saved = json.loads(path.read_text())
     assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["torch"]
+    # which code computed CondConv is part of what was measured
+    assert saved["hardware"]["cpu_matmul"] and saved["hardware"]["cpu_depthwise"]
     assert {(r["variant"], r["mode"]) for r in saved["rows"]} == {
         (v, m) for v in ("se", "condconv") for m in ("eager", "channels_last")}
     for row in saved["rows"]:

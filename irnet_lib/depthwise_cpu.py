@@ -1,0 +1,221 @@
+"""CondConv's depthwise layer on a CPU, without folding the batch: a small compiled kernel.
+
+A conditional depthwise conv is B depthwise convolutions with B different kernels. PyTorch has
+no operator for that, so :mod:`irnet_lib.condconv` folds the batch into the channel axis and
+runs one grouped convolution. On a channels_last tensor that fold is a transposing copy of the
+whole feature map, and a training step needs four of them per layer (input and output, forward
+and backward). ``csrc/per_example_depthwise.cpp`` convolves the NHWC tensors where they lie,
+forward and backward, in plain C++ with no dependencies. Measured on a 2-core AMD EPYC at batch
+64: IR-NET's conditional depthwise layers 10-30 % faster than with the fold (routing included),
+the CondConv network's training step 2.7 % faster; at batch 16 the two are level.
+
+It is built on first use with the machine's C++ compiler (about a second; cached under
+``~/.cache/irnet_lib`` or ``$IRNET_CACHE_DIR``, keyed by the source, the flags and the CPU) and
+called through ``ctypes``. The batch is cut into slices that run on torch's number of threads
+(``ctypes`` releases the GIL). Without a compiler, or with ``IRNET_NATIVE=0``, CondConv keeps
+the folded grouped convolution: the same function, only slower (:func:`status` says which).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import warnings
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "status", "per_example_depthwise", "supports", "disabled"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "per_example_depthwise.cpp"
+# -fopenmp-simd only honours the ``omp simd`` hints (vectorise the channel loop); no OpenMP
+# runtime is linked, the threads are Python's. Without -march=native the kernel still builds,
+# with the compiler's baseline vector width.
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp-simd"], ["-O3", "-fopenmp-simd"], ["-O3"])
+_status = "not built yet"
+_switched_off = 0  # > 0 inside ``disabled()``
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # a ctypes call cannot be traced
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _cpu_identity() -> str:
+    """What a binary built with -march=native depends on: the CPU's model and feature flags."""
+    ident = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            ident += [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        pass
+    return "|".join(ident)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("IRNET_CACHE_DIR") or Path.home() / ".cache" / "irnet_lib")
+
+
+def _build() -> Path:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        raise RuntimeError("no C++ compiler found: install g++ (or clang++) or set CXX")
+    source = _SOURCE.read_bytes()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    errors = []
+    for flags in _FLAG_SETS:
+        cmd = [*flags, "-shared", "-fPIC", "-std=c++14"]
+        key = hashlib.sha256(b"\0".join([source, " ".join(cmd).encode(), version.encode(),
+                                         _cpu_identity().encode()])).hexdigest()[:16]
+        out = _cache_dir() / f"per_example_depthwise-{key}.so"
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # concurrent builders never share a file
+        done = subprocess.run([cxx, *cmd, str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode == 0:
+            os.replace(tmp, out)
+            return out
+        errors.append(f"{cxx} {' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+    raise RuntimeError("could not build the per-example depthwise kernel:\n" + "\n".join(errors))
+
+
+@functools.cache
+def _library():
+    global _status
+    if os.environ.get("IRNET_NATIVE", "1") == "0":
+        _status = "off (IRNET_NATIVE=0): folded grouped convolution"
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except Exception as e:  # no compiler, a failed build, an unloadable file: fall back, say why
+        _status = f"unavailable ({e}): folded grouped convolution"
+        warnings.warn(f"irnet_lib: CondConv's CPU depthwise kernel is {_status}; results are the same, "
+                      "only slower. Set IRNET_NATIVE=0 to silence this.", RuntimeWarning, stacklevel=3)
+        return None
+    n = ctypes.c_int64
+    p = ctypes.c_void_p
+    for name in ("dw_forward_f32", "dw_forward_f64"):
+        getattr(lib, name).argtypes = [p, p, p] + [n] * 10
+        getattr(lib, name).restype = None
+    for name in ("dw_backward_f32", "dw_backward_f64"):
+        getattr(lib, name).argtypes = [p] * 5 + [n] * 10
+        getattr(lib, name).restype = None
+    _status = "compiled per-example kernel"
+    return lib
+
+
+@contextmanager
+def disabled():
+    """Inside this context CondConv folds the batch instead (to compare the two, or to rule the
+    kernel out). Not thread-local: it switches the kernel off for the whole process."""
+    global _switched_off
+    _switched_off += 1
+    try:
+        yield
+    finally:
+        _switched_off -= 1
+
+
+def available() -> bool:
+    """Is the compiled kernel usable here (built now on first call)?"""
+    return _library() is not None
+
+
+def status() -> str:
+    """How CondConv's depthwise layers run on this CPU, in words (for logs and benchmarks)."""
+    _library()
+    return _status
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, padding: int, groups: int) -> bool:
+    """Can this conditional conv take the compiled path? A channels_last fp32/fp64 CPU tensor
+    outside autocast (which asks for bf16), a depthwise kernel (groups == C_in == C_out) of odd
+    square size with "same" padding."""
+    B, C, H, W = x.shape
+    _, c_out, cin_g, kh, kw = weight.shape
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not _switched_off and not _autocast_on() and not _is_compiling()
+            and groups == C == c_out and cin_g == 1 and kh == kw and kh % 2 == 1 and padding == kh // 2
+            and x.is_contiguous(memory_format=torch.channels_last) and available())
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="irnet-dw")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child (a DataLoader worker) has none of the parent's threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def _in_slices(fn, total: int, *args):
+    """fn(*args, start, stop) over ``total`` units cut into one slice per torch thread."""
+    n = max(1, min(torch.get_num_threads(), total))
+    cuts = [total * t // n for t in range(n + 1)]
+    if n == 1:
+        fn(*args, 0, total)
+        return
+    for f in [_pool().submit(fn, *args, cuts[t], cuts[t + 1]) for t in range(n)]:
+        f.result()
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+def _suffix(t):
+    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+class _PerExampleDepthwise(torch.autograd.Function):
+    """y_b = depthwise_conv(x_b, K_b), K_b = r_b @ weight, for (B, C, H, W) channels_last tensors.
+
+    ``weight`` holds the experts tap-major, (M, F * F * C), so that a mixed kernel is
+    (B, F, F, C) with the channel axis contiguous, as the NHWC loops read it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, r, kernel_size, stride):
+        B, C, H, W = x.shape
+        F_, S, P = kernel_size, stride, kernel_size // 2
+        Ho, Wo = (H + 2 * P - F_) // S + 1, (W + 2 * P - F_) // S + 1
+        k = r @ weight  # (B, F*F*C): 1/(H*W) of the conv's work; kept for the backward pass
+        y = torch.empty((B, C, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
+        fn = getattr(_library(), "dw_forward_" + _suffix(x))
+        _in_slices(fn, B * Ho, _ptr(x), _ptr(k), _ptr(y), B, H, W, C, F_, S, Ho, Wo)
+        ctx.save_for_backward(x, weight, r, k)
+        ctx.geometry = (B, H, W, C, F_, S, Ho, Wo)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, r, k = ctx.saved_tensors
+        need_x, need_w, need_r = ctx.needs_input_grad[:3]
+        g = grad_y.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty_like(x, memory_format=torch.channels_last) if need_x else None
+        gk = torch.empty_like(k) if (need_w or need_r) else None
+        B = x.shape[0]
+        fn = getattr(_library(), "dw_backward_" + _suffix(x))
+        _in_slices(fn, B, _ptr(x), _ptr(k), _ptr(g), _ptr(gx), _ptr(gk), *ctx.geometry)
+        grad_w = r.t() @ gk if need_w else None
+        grad_r = gk @ weight.t() if need_r else None
+        return gx, grad_w, grad_r, None, None
+
+
+def per_example_depthwise(x, weight, routing_weights, stride):
+    """Conditional depthwise conv: ``weight`` (M, C, 1, F, F), ``routing_weights`` (B, M).
+    Check :func:`supports` first."""
+    M, C, _, F_, _ = weight.shape
+    w_taps = weight.reshape(M, C, F_ * F_).transpose(1, 2).reshape(M, F_ * F_ * C)
+    return _PerExampleDepthwise.apply(x, w_taps, routing_weights, F_, stride)
