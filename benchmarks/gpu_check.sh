@@ -18,8 +18,10 @@
 #
 # Measured on an H200 (2026-11-26, with CUDA graphs): test 45 s, profile 55 s, bench 145 s, project
 # 90 s; fmnist at 10 epochs 60 s (standard), 70 s (SE), 135 s (CondConv), loading included;
-# torch.compile's warm-up (an earlier session) 67-81 s per variant. One device call may run 10
-# minutes, and a session's device time is short: pick the stages (STAGES=...) to fit.
+# torch.compile's warm-up (an earlier session) 67-81 s per variant. On an H100 (2026-11-26): test 72 s,
+# bench 194 s, profile 64 s; fmnist at 10 epochs 90 s (standard), 106 s (SE); compile_bf16 of the
+# standard variant alone 180 s (88 s warm-up). One device call may run 10 minutes, and a session's
+# device time is short: pick the stages (STAGES=...) to fit.
 set -u
 OUT=${1:?usage: gpu_check.sh OUT [FASHION_MNIST_ROOT]}
 FM_ROOT=${2:-data}
