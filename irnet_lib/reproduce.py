@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from .recipe import TABLE_3, Recipe
 from .train import Run, read_history, train
 
-__all__ = ["BLOCKS", "QUICK", "data_label", "run_label", "figure5_reference", "report", "table3", "to_markdown", "figure5", "write_table3",
+__all__ = ["BLOCKS", "QUICK", "data_label", "runs_label", "run_label", "figure5_reference", "report", "table3", "to_markdown", "figure5", "write_table3",
            "load_runs", "load_course_log", "reproduce", "main"]
 
 BLOCKS = ("standard", "se", "condconv")
@@ -46,13 +47,28 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def data_label(run: Run) -> str:
-    """Which data and hardware a run used."""
+def _data(run: Run) -> str:
     m = run.meta
     test_crop = run.recipe.get("test_crop", 56)
     crops = "56 px crops" if test_crop == 56 else f"56 px training crops, {test_crop} px test crops"
     return (f"{m['dataset']} ({m['train_size']} train / {m['test_size']} test images, {m['num_classes']} classes, "
-            f"64 px pipeline, {crops}), {m['hardware']}")
+            f"64 px pipeline, {crops})")
+
+
+def data_label(run: Run) -> str:
+    """Which data and hardware a run used."""
+    return f"{_data(run)}, {run.meta['hardware']}"
+
+
+def runs_label(runs: dict[str, Run]) -> str:
+    """Which data and hardware a set of runs used; where the blocks ran on different machines,
+    which block ran where (a results folder may gather runs of several sessions)."""
+    by_hardware: dict[str, list[str]] = {}
+    for block, run in runs.items():
+        by_hardware.setdefault(run.meta["hardware"], []).append(LABELS.get(block, block))
+    hardware = (next(iter(by_hardware)) if len(by_hardware) == 1 else
+                "; ".join(f"{' and '.join(blocks)} on {hw}" for hw, blocks in by_hardware.items()))
+    return f"{_data(next(iter(runs.values())))}, {hardware}"
 
 
 def run_label(run: Run) -> str:
@@ -92,7 +108,7 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
     df.to_csv(out_dir / "table3.csv", index=False)
     first = next(iter(runs.values()))
     text = ("# Table 3, reproduced\n\n"
-            f"Ours: {data_label(first)}; "
+            f"Ours: {runs_label(runs)}; "
             f"recipe: Table 2's shape ({first.recipe['train_num_epochs']} epochs, "
             f"peak lr {first.recipe['train_lr_max']:.4g}, global batch "
             f"{first.recipe['data_batch_size']}, lr stepped per "
@@ -152,8 +168,9 @@ def figure5(runs: dict[str, Run], path=None, title: str | None = None):
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     per_iteration = first.recipe.get("lr_step") == "iteration"
-    fig.suptitle(title or f"Figure 5 reproduced: {data_label(first)}, {len(first.history)} epochs"
-                 + (", lr stepped per iteration" if per_iteration else ""), fontsize=9)
+    title = title or (f"Figure 5 reproduced: {runs_label(runs)}, {len(first.history)} epochs"
+                      + (", lr stepped per iteration" if per_iteration else ""))
+    fig.suptitle("\n".join(textwrap.wrap(title, 150)), fontsize=9)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

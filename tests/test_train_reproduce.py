@@ -8,9 +8,9 @@ from irnet_lib import reproduce
 from irnet_lib.reproduce import load_runs, main, table3, to_markdown
 
 
-def fake_run(folder, block, accs, seconds):
+def fake_run(folder, block, accs, seconds, hardware="Test CPU, 2 cores"):
     meta = {"variant": block, "dataset": "fashion-mnist", "train_size": 30, "test_size": 10, "num_classes": 10,
-            "hardware": "Test CPU, 2 cores", "precision": "fp32",
+            "hardware": hardware, "precision": "fp32",
             "config": {"recipe": {"train_num_epochs": len(accs), "train_lr_max": 0.05, "data_batch_size": 64}}}
     epochs = [{"epoch": i, "lr": 0.1, "train_loss": 2 - i / 10, "train_acc": a - 1, "test_loss": 2 - i / 9,
                "test_acc": a, "epoch_seconds": seconds, "train_seconds": seconds - 1,
@@ -34,6 +34,16 @@ def test_table3_and_figure5_from_stored_histories(tmp_path):
     assert "fashion-mnist (30 train / 10 test images" in md and "Test CPU" in md and "ImageNet" in md
     assert pd.read_csv(tmp_path / "table3.csv").shape == (3, 12)
     assert (tmp_path / "fig5.png").stat().st_size > 10_000
+
+
+def test_runs_of_several_machines_say_which_block_ran_where(tmp_path):
+    fake_run(tmp_path, "standard", [50, 70], 10, hardware="GPU one")
+    fake_run(tmp_path, "se", [55, 72], 12, hardware="GPU one")
+    fake_run(tmp_path, "condconv", [40, 60], 20, hardware="GPU two")
+    runs = load_runs(tmp_path)
+    assert reproduce.runs_label(runs).endswith("Standard and SE enhanced on GPU one; SE and cond conv enhanced on GPU two")
+    main(["--from-results", str(tmp_path), "--figure", str(tmp_path / "fig5.png"), "--quiet"])
+    assert "on GPU one; SE and cond conv enhanced on GPU two" in (tmp_path / "table3.md").read_text()
 
 
 def test_missing_results_are_named(tmp_path):
