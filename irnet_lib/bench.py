@@ -47,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import allocator
-from . import depthwise_cpu
+from . import allocator, depthwise_cpu
 from .condconv import cpu_matmul_library
 from .graphs import GraphedStep
 from .network import irnet
