@@ -10,7 +10,8 @@ forward and backward, in plain C++ with no dependencies. Measured on a 2-core AM
 the CondConv network's training step 2.7 % faster; at batch 16 the two are level.
 
 It is built on first use with the machine's C++ compiler (about a second; cached under
-``~/.cache/irnet_lib`` or ``$IRNET_CACHE_DIR``, keyed by the source, the flags and the CPU) and
+``$IRNET_CACHE_DIR`` or ``~/.cache/irnet_lib``, else a temporary folder; keyed by the source, the
+flags and the CPU) and
 called through ``ctypes``. The batch is cut into slices that run on torch's number of threads
 (``ctypes`` releases the GIL). Without a compiler, or with ``IRNET_NATIVE=0``, CondConv keeps
 the folded grouped convolution: the same function, only slower (:func:`status` says which).
@@ -24,6 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +64,18 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("IRNET_CACHE_DIR") or Path.home() / ".cache" / "irnet_lib")
+    """``$IRNET_CACHE_DIR``, else ``~/.cache/irnet_lib``; a temporary folder where that cannot be
+    written (a read-only home on a cluster), so that a locked cache costs a rebuild, not the kernel."""
+    for folder in (os.environ.get("IRNET_CACHE_DIR") or Path.home() / ".cache" / "irnet_lib",
+                   Path(tempfile.gettempdir()) / f"irnet_lib-{os.getuid() if hasattr(os, 'getuid') else 'user'}"):
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise RuntimeError("no writable folder for the compiled kernel: set IRNET_CACHE_DIR")
 
 
 def _build() -> Path:
@@ -71,15 +84,15 @@ def _build() -> Path:
         raise RuntimeError("no C++ compiler found: install g++ (or clang++) or set CXX")
     source = _SOURCE.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    cache = _cache_dir()
     errors = []
     for flags in _FLAG_SETS:
         cmd = [*flags, "-shared", "-fPIC", "-std=c++14"]
         key = hashlib.sha256(b"\0".join([source, " ".join(cmd).encode(), version.encode(),
                                          _cpu_identity().encode()])).hexdigest()[:16]
-        out = _cache_dir() / f"per_example_depthwise-{key}.so"
+        out = cache / f"per_example_depthwise-{key}.so"
         if out.exists():
             return out
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # concurrent builders never share a file
         done = subprocess.run([cxx, *cmd, str(_SOURCE), "-o", str(tmp)], capture_output=True, text=True,
                               timeout=300)

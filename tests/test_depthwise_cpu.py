@@ -91,6 +91,15 @@ def test_a_failed_build_falls_back_with_a_warning_that_says_why(monkeypatch, tmp
         depthwise_cpu._library.cache_clear()
 
 
+def test_an_unwritable_cache_falls_back_to_a_temporary_folder(monkeypatch, tmp_path):
+    locked = tmp_path / "locked"
+    locked.write_text("a file where the cache folder should be")   # mkdir fails under it
+    monkeypatch.setenv("IRNET_CACHE_DIR", str(locked / "cache"))
+    monkeypatch.setattr(depthwise_cpu.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = depthwise_cpu._cache_dir()
+    assert folder.parent == tmp_path and folder.name.startswith("irnet_lib-")
+
+
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("IRNET_NATIVE", "0")
     depthwise_cpu._library.cache_clear()
