@@ -11,9 +11,8 @@ the CondConv network's training step 2.7 % faster; at batch 16 the two are level
 
 It is built on first use with the machine's C++ compiler (about a second; cached under
 ``$IRNET_CACHE_DIR`` or ``~/.cache/irnet_lib``, else a temporary folder; keyed by the source, the
-flags and the CPU) and
-called through ``ctypes``. The batch is cut into slices that run on torch's number of threads
-(``ctypes`` releases the GIL). Without a compiler, or with ``IRNET_NATIVE=0``, CondConv keeps
+flags and the CPU) and called through ``ctypes``. The batch is cut into slices that run on torch's
+number of threads (``ctypes`` releases the GIL). Without a compiler, or with ``IRNET_NATIVE=0``, CondConv keeps
 the folded grouped convolution: the same function, only slower (:func:`status` says which).
 """
 from __future__ import annotations
