@@ -317,7 +317,7 @@ def condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1, *, met
             return _wide(x, weight, r, stride, padding, groups)
         if kh == kw == 1 and groups == 1 and padding == 0:
             return _mixed_pointwise(x, weight, r, stride)
-        if depthwise_cpu.supports(x, weight, padding, groups):
+        if not _is_compiling() and depthwise_cpu.supports(x, weight, padding, groups):
             return depthwise_cpu.per_example_depthwise(x, weight, r, stride)
         return _mixed_grouped(x, weight, r, stride, padding, groups)
 

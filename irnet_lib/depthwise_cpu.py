@@ -41,14 +41,6 @@ _SOURCE = Path(__file__).with_name("csrc") / "per_example_depthwise.cpp"
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp-simd"], ["-O3", "-fopenmp-simd"], ["-O3"])
 _status = "not built yet"
 _switched_off = 0  # > 0 inside ``disabled()``
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # a ctypes call cannot be traced
-
-
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
 
 
 def _cpu_identity() -> str:
@@ -83,12 +75,11 @@ def _build() -> Path:
         raise RuntimeError("no C++ compiler found: install g++ (or clang++) or set CXX")
     source = _SOURCE.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    cache = _cache_dir()
+    cache, machine = _cache_dir(), _cpu_identity().encode()
     errors = []
     for flags in _FLAG_SETS:
         cmd = [*flags, "-shared", "-fPIC", "-std=c++14"]
-        key = hashlib.sha256(b"\0".join([source, " ".join(cmd).encode(), version.encode(),
-                                         _cpu_identity().encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([source, " ".join(cmd).encode(), version.encode(), machine])).hexdigest()[:16]
         out = cache / f"per_example_depthwise-{key}.so"
         if out.exists():
             return out
@@ -153,11 +144,12 @@ def status() -> str:
 def supports(x: torch.Tensor, weight: torch.Tensor, padding: int, groups: int) -> bool:
     """Can this conditional conv take the compiled path? A channels_last fp32/fp64 CPU tensor
     outside autocast (which asks for bf16), a depthwise kernel (groups == C_in == C_out) of odd
-    square size with "same" padding."""
+    square size with "same" padding. (The caller keeps it out of ``torch.compile``: a ctypes call
+    cannot be traced.)"""
     B, C, H, W = x.shape
     _, c_out, cin_g, kh, kw = weight.shape
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not _switched_off and not _autocast_on() and not _is_compiling()
+            and not _switched_off and not torch.is_autocast_enabled("cpu")
             and groups == C == c_out and cin_g == 1 and kh == kw and kh % 2 == 1 and padding == kh // 2
             and x.is_contiguous(memory_format=torch.channels_last) and available())
 
