@@ -17,9 +17,11 @@ def _case(batch, channels, h, w, kernel_size, stride, dtype=torch.float32, seed=
 
 
 @needs_kernel
-@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5, 7])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 5, 9, 9), (3, 8, 7, 10), (4, 16, 6, 5)], ids=["b1", "b3-odd", "b4-tiny"])
+# 83 channels = a block of 64, a vector of 16 and 3 single channels; 4x3 is smaller than the kernels
+@pytest.mark.parametrize("shape", [(1, 5, 9, 9), (3, 8, 7, 10), (4, 16, 6, 5), (2, 83, 9, 11), (2, 83, 4, 3)],
+                         ids=["b1", "b3-odd", "b4-tiny", "c83-blocks", "c83-smaller-than-kernel"])
 def test_matches_the_per_example_loop(shape, stride, kernel_size):
     conv, x = _case(*shape, kernel_size, stride)
     assert depthwise_cpu.supports(x, conv.expert_weights, conv.padding, conv.groups)
@@ -44,15 +46,31 @@ def test_gradcheck_in_double(stride):
 
 
 @needs_kernel
+@pytest.mark.parametrize("kernel_size", [3, 7])
+def test_vector_blocks_in_double(kernel_size):
+    conv, x = _case(2, 43, 9, 8, kernel_size, 1, dtype=torch.float64)  # 43 = 32 + 8 + 3 doubles
+    r = conv.routing(x)
+    fast = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1)
+    ref = condconv2d_reference(x, conv.expert_weights, r, 1, conv.padding, conv.groups)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(ref)
+    wrt = (x, conv.weight, conv.routing.fc.weight)
+    for a, b in zip(torch.autograd.grad(fast, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@needs_kernel
 def test_results_do_not_depend_on_how_many_slices_the_batch_is_cut_into(monkeypatch):
     conv, x = _case(5, 24, 12, 12, 3, 1)
     r = conv.routing(x).detach()
     g = torch.randn(5, 24, 12, 12).contiguous(memory_format=torch.channels_last)
     outs = []
     for threads in (1, 2, 3):  # only the kernel's slicing changes; torch's own matmuls keep theirs
-        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        y = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1)
-        outs.append((y, *torch.autograd.grad(y, (x, conv.weight), g)))
+        for on_openmp in (True, False):  # PyTorch's OpenMP threads, or a pool of Python threads
+            monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+            monkeypatch.setattr(depthwise_cpu, "_openmp", on_openmp and depthwise_cpu._openmp)
+            y = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1)
+            outs.append((y, *torch.autograd.grad(y, (x, conv.weight), g)))
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             assert torch.equal(a, b)
@@ -89,6 +107,25 @@ def test_a_failed_build_falls_back_with_a_warning_that_says_why(monkeypatch, tmp
                                    atol=1e-5, rtol=1e-5)
     finally:
         depthwise_cpu._library.cache_clear()
+
+
+@needs_kernel
+def test_builds_without_openmp_and_threads_the_slices_itself(monkeypatch, tmp_path):
+    """Where PyTorch has no OpenMP runtime to share (or it cannot be found), the kernel is built
+    without one and the batch slices run on a pool of Python threads: the same numbers."""
+    conv, x = _case(3, 24, 8, 8, 3, 1)
+    r = conv.routing(x).detach()
+    before = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1)
+    monkeypatch.setenv("IRNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(depthwise_cpu, "_openmp_runtime", lambda: None)
+    depthwise_cpu._library.cache_clear()
+    try:
+        assert depthwise_cpu.available() and "Python threads" in depthwise_cpu.status()
+        assert torch.equal(depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1), before)
+    finally:
+        monkeypatch.undo()
+        depthwise_cpu._library.cache_clear()
+        depthwise_cpu.status()
 
 
 def test_an_unwritable_cache_falls_back_to_a_temporary_folder(monkeypatch, tmp_path):

@@ -8,146 +8,304 @@
 //
 // Layouts (all dense, row-major):
 //   x   (B, H,  W,  C)   input
-//   k   (B, F,  F,  C)   one kernel per example, tap-major so that the channel loop is contiguous
+//   k   (B, F,  F,  C)   one kernel per example, tap-major so that the channel axis is contiguous
 //   y   (B, Ho, Wo, C)   output; padding is F / 2 on every side, stride S
-// Every function works on a slice of the batch (or of the rows) so that the caller can run
-// slices on several threads; each output element is written by exactly one call, in a fixed
-// order, so the results do not depend on the number of threads.
+// Every function cuts its range of rows (forward) or examples (backward) into slices that run on
+// OpenMP threads, or that the caller runs on threads of its own; each output element is written
+// by exactly one slice, in a fixed order, so the results do not depend on the number of threads.
 //
-// Plain C++ with no dependencies: it builds in about a second (irnet_lib/depthwise_cpu.py).
+// Why it is shaped as it is (a depthwise conv does ~2 flops per byte it moves, so the work is
+// keeping values in registers, not the arithmetic):
+// - every output value is summed over its taps in a register and stored once, not read and
+//   written back once per tap;
+// - UNROLL vectors of channels are summed side by side, so that the adds of one pixel are
+//   independent chains and the FMA units do not wait on each other's latency;
+// - the kernel gradient keeps one register per tap of a kernel row and per vector while it sweeps
+//   a row of the image, which needs F at compile time (3, 5, 7; other sizes take a plain loop).
+// The vectors are GCC/Clang vector extensions of 64 bytes: one AVX-512 register, or two AVX2 or
+// four SSE ones where the compiler (-march) has no wider.
+//
+// Plain C++ with no dependencies but an optional OpenMP runtime, the one PyTorch loaded; it builds
+// in about two seconds (irnet_lib/depthwise_cpu.py).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 using idx = std::int64_t;  // 64-bit everywhere (a C long is 32-bit on Windows)
 
 namespace {
 
-// The output columns wo whose input column wo * S + j - P lies inside [0, W).
-inline void col_range(idx j, idx P, idx S, idx W, idx Wo, idx* lo, idx* hi) {
-  idx first = P - j;  // wo * S >= P - j
-  *lo = first <= 0 ? 0 : (first + S - 1) / S;
-  idx last = W - 1 + P - j;  // wo * S <= W - 1 + P - j
-  *hi = last < 0 ? 0 : std::min(Wo, last / S + 1);
+template <typename T> struct Simd;
+template <> struct Simd<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct Simd<double> { typedef double type __attribute__((vector_size(64))); };
+template <typename T> using vec = typename Simd<T>::type;
+template <typename T> constexpr idx lanes() { return idx(64 / sizeof(T)); }
+
+constexpr int UNROLL = 4;  // vectors summed side by side (64 floats, 32 doubles)
+
+template <typename T> inline vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T> inline void store(T* p, const vec<T>& v) { std::memcpy(p, &v, sizeof v); }
+
+// The taps t in [lo, hi) of a kernel whose tap 0 reads coordinate `first`, that land inside [0, n).
+inline void valid_taps(idx first, idx F, idx n, idx* lo, idx* hi) {
+  *lo = std::max<idx>(0, -first);
+  *hi = std::min<idx>(F, n - first);
+}
+
+// For each coordinate of an input axis of length n, the (tap, output coordinate) pairs that read
+// it: o * S + t - P == coordinate. Used by the input gradient; any stride, no division inside
+// the loops. Row p's pairs are at [p * F, p * F + count[p]).
+struct Readers {
+  std::vector<idx> tap, out, count;
+  Readers(idx n, idx n_out, idx F, idx S) : tap(n * F), out(n * F), count(n, 0) {
+    const idx P = F / 2;
+    for (idx p = 0; p < n; ++p)
+      for (idx t = 0; t < F; ++t) {
+        const idx num = p + P - t;
+        if (num >= 0 && num % S == 0 && num / S < n_out) {
+          tap[p * F + count[p]] = t;
+          out[p * F + count[p]++] = num / S;
+        }
+      }
+  }
+};
+
+// acc[u] += a[u] * b[u] over one block of N = U vectors of channels, the sum kept in registers.
+template <typename T, int U> struct Block {
+  vec<T> acc[U];
+  Block() {
+    for (int u = 0; u < U; ++u) acc[u] = vec<T>{};
+  }
+  void fma(const T* a, const T* b) {
+    for (int u = 0; u < U; ++u) acc[u] += load(a + u * lanes<T>()) * load(b + u * lanes<T>());
+  }
+  void save(T* p) const {
+    for (int u = 0; u < U; ++u) store(p + u * lanes<T>(), acc[u]);
+  }
+};
+
+// Visits the channels [0, C) in blocks of UNROLL vectors, then single vectors, then one channel
+// at a time (for C not a multiple of the vector width). `fn(c0, Block<T, U>&)` sums one block
+// from channel c0; `fn1(c)` does a single channel.
+template <typename T, typename Blocks, typename Single>
+inline void over_channels(idx C, Blocks&& fn, Single&& fn1) {
+  constexpr idx L = lanes<T>();
+  idx c = 0;
+  for (; c + UNROLL * L <= C; c += UNROLL * L) fn(c, Block<T, UNROLL>{});
+  for (; c + L <= C; c += L) fn(c, Block<T, 1>{});
+  for (; c < C; ++c) fn1(c);
 }
 
 // y rows [row0, row1) of the flattened (B * Ho) output rows.
 template <typename T>
-void forward(const T* x, const T* k, T* y, idx B, idx H, idx W, idx C, idx F, idx S,
-             idx Ho, idx Wo, idx row0, idx row1) {
+void forward(const T* x, const T* k, T* y, idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo,
+             idx row0, idx row1) {
   const idx P = F / 2;
   for (idx row = row0; row < row1; ++row) {
     const idx b = row / Ho, ho = row % Ho;
-    T* yr = y + row * Wo * C;
-    std::memset(yr, 0, sizeof(T) * Wo * C);
+    const idx h_first = ho * S - P;  // input row of tap row 0
+    idx i0, i1;
+    valid_taps(h_first, F, H, &i0, &i1);
+    const T* xb = x + b * H * W * C;
     const T* kb = k + b * F * F * C;
-    for (idx i = 0; i < F; ++i) {
-      const idx hi = ho * S + i - P;
-      if (hi < 0 || hi >= H) continue;
-      const T* xr = x + (b * H + hi) * W * C;
-      for (idx j = 0; j < F; ++j) {
-        const T* kt = kb + (i * F + j) * C;
-        idx lo, hi_w;
-        col_range(j, P, S, W, Wo, &lo, &hi_w);
-        for (idx wo = lo; wo < hi_w; ++wo) {
-          const T* xp = xr + (wo * S + j - P) * C;
-          T* yp = yr + wo * C;
-#pragma omp simd
-          for (idx c = 0; c < C; ++c) yp[c] += kt[c] * xp[c];
+    for (idx wo = 0; wo < Wo; ++wo) {
+      const idx w_first = wo * S - P;
+      idx j0, j1;
+      valid_taps(w_first, F, W, &j0, &j1);
+      T* yp = y + (row * Wo + wo) * C;
+      auto blocks = [&](idx c0, auto&& blk) {
+        for (idx i = i0; i < i1; ++i) {
+          const T* xr = xb + ((h_first + i) * W + w_first) * C + c0;
+          const T* kr = kb + i * F * C + c0;
+          for (idx j = j0; j < j1; ++j) blk.fma(kr + j * C, xr + j * C);
         }
-      }
+        blk.save(yp + c0);
+      };
+      auto single = [&](idx c) {
+        T acc = 0;
+        for (idx i = i0; i < i1; ++i)
+          for (idx j = j0; j < j1; ++j)
+            acc += kb[(i * F + j) * C + c] * xb[((h_first + i) * W + w_first + j) * C + c];
+        yp[c] = acc;
+      };
+      over_channels<T>(C, blocks, single);
     }
   }
-  (void)B;
+}
+
+// Input gradient of one example: gx[h, w] = sum of k[i, j] * gy[ho, wo] over the taps and output
+// pixels that read (h, w).
+template <typename T>
+void input_grad(const T* kb, const T* gyb, T* gxb, idx H, idx W, idx C, idx F, idx Wo,
+                const Readers& rows, const Readers& cols) {
+  for (idx h = 0; h < H; ++h) {
+    const idx* ti = &rows.tap[h * F];
+    const idx* oi = &rows.out[h * F];
+    const idx ni = rows.count[h];
+    for (idx w = 0; w < W; ++w) {
+      const idx* tj = &cols.tap[w * F];
+      const idx* oj = &cols.out[w * F];
+      const idx nj = cols.count[w];
+      T* gp = gxb + (h * W + w) * C;
+      auto blocks = [&](idx c0, auto&& blk) {
+        for (idx a = 0; a < ni; ++a)
+          for (idx e = 0; e < nj; ++e)
+            blk.fma(kb + (ti[a] * F + tj[e]) * C + c0, gyb + (oi[a] * Wo + oj[e]) * C + c0);
+        blk.save(gp + c0);
+      };
+      auto single = [&](idx c) {
+        T acc = 0;
+        for (idx a = 0; a < ni; ++a)
+          for (idx e = 0; e < nj; ++e) acc += kb[(ti[a] * F + tj[e]) * C + c] * gyb[(oi[a] * Wo + oj[e]) * C + c];
+        gp[c] = acc;
+      };
+      over_channels<T>(C, blocks, single);
+    }
+  }
+}
+
+// One block of U vectors of channels from c0 of kernel_grad_row's interior columns [lo, hi):
+// its NF x U accumulators stay in registers for the whole sweep and are added to gk once.
+template <typename T, int NF, int U>
+inline void kernel_grad_block(const T* xr, const T* gyr, T* gkr, idx C, idx S, idx P, idx lo, idx hi,
+                              idx c0) {
+  constexpr idx L = lanes<T>();
+  vec<T> acc[NF][U];
+  for (int j = 0; j < NF; ++j)
+    for (int u = 0; u < U; ++u) acc[j][u] = vec<T>{};
+  for (idx wo = lo; wo < hi; ++wo) {
+    const T* xp = xr + (wo * S - P) * C + c0;
+    const T* gyp = gyr + wo * C + c0;
+    for (int u = 0; u < U; ++u) {
+      const vec<T> g = load(gyp + u * L);
+      for (int j = 0; j < NF; ++j) acc[j][u] += g * load(xp + j * C + u * L);
+    }
+  }
+  for (int j = 0; j < NF; ++j)
+    for (int u = 0; u < U; ++u) {
+      T* p = gkr + j * C + c0 + u * L;
+      store(p, load(p) + acc[j][u]);
+    }
+}
+
+// gk[i, j] += gy[ho, wo] * x[hi, wo * S + j - P] over the output columns wo of one row, for one
+// tap row i (input row hi). FF > 0 (F known at compile time): over the interior columns, where
+// every tap lies inside the image, the accumulators live in registers (kernel_grad_block); the
+// edge columns, and every column when FF == 0, add into memory.
+template <typename T, int FF>
+void kernel_grad_row(const T* xr, const T* gyr, T* gkr, idx W, idx C, idx F, idx S, idx Wo) {
+  const idx P = F / 2;
+  // Interior: wo * S - P >= 0 and wo * S - P + F - 1 <= W - 1.
+  idx lo = (P + S - 1) / S, hi = W - F + P >= 0 ? std::min(Wo, (W - F + P) / S + 1) : 0;
+  if (FF == 0 || hi <= lo) lo = hi = 0;
+  auto edge = [&](idx wo) {
+    const idx w_first = wo * S - P;
+    idx j0, j1;
+    valid_taps(w_first, F, W, &j0, &j1);
+    const T* gyp = gyr + wo * C;
+    for (idx j = j0; j < j1; ++j) {
+      const T* xp = xr + (w_first + j) * C;
+      T* acc = gkr + j * C;
+#pragma omp simd
+      for (idx c = 0; c < C; ++c) acc[c] += gyp[c] * xp[c];
+    }
+  };
+  for (idx wo = 0; wo < lo; ++wo) edge(wo);
+  if (hi > lo) {
+    constexpr int NF = FF > 0 ? FF : 1;  // FF == 0 never gets here
+    constexpr int U = NF <= 3 ? UNROLL : 2;  // NF * U accumulators must fit 32 registers
+    constexpr idx L = lanes<T>();
+    idx c0 = 0;
+    for (; c0 + U * L <= C; c0 += U * L) kernel_grad_block<T, NF, U>(xr, gyr, gkr, C, S, P, lo, hi, c0);
+    for (; c0 + L <= C; c0 += L) kernel_grad_block<T, NF, 1>(xr, gyr, gkr, C, S, P, lo, hi, c0);
+    for (idx c = c0; c < C; ++c)
+      for (idx wo = lo; wo < hi; ++wo)
+        for (idx j = 0; j < NF; ++j) gkr[j * C + c] += gyr[wo * C + c] * xr[(wo * S - P + j) * C + c];
+  }
+  for (idx wo = std::max(lo, hi); wo < Wo; ++wo) edge(wo);
 }
 
 // Examples [b0, b1): the input gradient gx (if not null) and the kernel gradient gk (if not
 // null), both from the output gradient gy. One example at a time, so that its x, gy and gx
 // stay in cache between the two.
-template <typename T>
-void backward(const T* x, const T* k, const T* gy, T* gx, T* gk, idx B, idx H, idx W, idx C,
-              idx F, idx S, idx Ho, idx Wo, idx b0, idx b1) {
+template <typename T, int FF>
+void backward(const T* x, const T* k, const T* gy, T* gx, T* gk, idx H, idx W, idx C, idx F,
+              idx S, idx Ho, idx Wo, idx b0, idx b1) {
   const idx P = F / 2;
+  const Readers rows(H, Ho, F, S), cols(W, Wo, F, S);
   for (idx b = b0; b < b1; ++b) {
-    const T* kb = k + b * F * F * C;
     const T* xb = x + b * H * W * C;
     const T* gyb = gy + b * Ho * Wo * C;
-    if (gx) {
-      // gx[h, w] = sum over taps (i, j) and the output pixels (ho, wo) that read (h, w) through
-      // them, ho * S + i - P = h: gathered per input row, scattered along it (one owner per row).
-      T* gxb = gx + b * H * W * C;
-      for (idx h = 0; h < H; ++h) {
-        T* gxr = gxb + h * W * C;
-        std::memset(gxr, 0, sizeof(T) * W * C);
-        for (idx i = 0; i < F; ++i) {
-          const idx num = h + P - i;
-          if (num < 0 || num % S) continue;
-          const idx ho = num / S;
-          if (ho >= Ho) continue;
-          const T* gyr = gyb + ho * Wo * C;
-          for (idx j = 0; j < F; ++j) {
-            const T* kt = kb + (i * F + j) * C;
-            idx lo, hi_w;
-            col_range(j, P, S, W, Wo, &lo, &hi_w);
-            for (idx wo = lo; wo < hi_w; ++wo) {
-              T* gp = gxr + (wo * S + j - P) * C;
-              const T* gyp = gyr + wo * C;
-#pragma omp simd
-              for (idx c = 0; c < C; ++c) gp[c] += kt[c] * gyp[c];
-            }
-          }
-        }
-      }
-    }
+    if (gx) input_grad(k + b * F * F * C, gyb, gx + b * H * W * C, H, W, C, F, Wo, rows, cols);
     if (gk) {
-      // gk[i, j] = sum over output pixels of gy[ho, wo] * x[ho * S + i - P, wo * S + j - P]
       T* gkb = gk + b * F * F * C;
       std::memset(gkb, 0, sizeof(T) * F * F * C);
       for (idx ho = 0; ho < Ho; ++ho) {
-        const T* gyr = gyb + ho * Wo * C;
-        for (idx i = 0; i < F; ++i) {
-          const idx hi = ho * S + i - P;
-          if (hi < 0 || hi >= H) continue;
-          const T* xr = xb + hi * W * C;
-          for (idx j = 0; j < F; ++j) {
-            T* acc = gkb + (i * F + j) * C;
-            idx lo, hi_w;
-            col_range(j, P, S, W, Wo, &lo, &hi_w);
-            for (idx wo = lo; wo < hi_w; ++wo) {
-              const T* xp = xr + (wo * S + j - P) * C;
-              const T* gyp = gyr + wo * C;
-#pragma omp simd
-              for (idx c = 0; c < C; ++c) acc[c] += gyp[c] * xp[c];
-            }
-          }
-        }
+        idx i0, i1;
+        valid_taps(ho * S - P, F, H, &i0, &i1);
+        for (idx i = i0; i < i1; ++i)
+          kernel_grad_row<T, FF>(xb + (ho * S - P + i) * W * C, gyb + ho * Wo * C, gkb + i * F * C, W, C, F, S, Wo);
       }
     }
   }
-  (void)B;
+}
+
+template <typename T>
+void backward_any(const T* x, const T* k, const T* gy, T* gx, T* gk, idx H, idx W, idx C, idx F,
+                  idx S, idx Ho, idx Wo, idx b0, idx b1) {
+  switch (F) {
+    case 3: return backward<T, 3>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0, b1);
+    case 5: return backward<T, 5>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0, b1);
+    case 7: return backward<T, 7>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0, b1);
+    default: return backward<T, 0>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0, b1);
+  }
+}
+
+// Runs fn(start, stop) over [0, total) cut into `slices` contiguous parts. Built with OpenMP, the
+// parts run on the process's OpenMP threads, which are PyTorch's own (irnet_lib/depthwise_cpu.py
+// links this file against the runtime PyTorch loaded); else one after another, and the caller
+// runs slices on its own threads. The cuts depend on `slices` only, never on the threads.
+template <typename Fn>
+void in_slices(idx total, idx slices, Fn&& fn) {
+#pragma omp parallel for num_threads(int(slices)) schedule(static, 1) if (slices > 1)
+  for (idx t = 0; t < slices; ++t) fn(total * t / slices, total * (t + 1) / slices);
 }
 
 }  // namespace
 
 extern "C" {
 
-void dw_forward_f32(const float* x, const float* k, float* y, idx B, idx H, idx W, idx C,
-                    idx F, idx S, idx Ho, idx Wo, idx row0, idx row1) {
-  forward<float>(x, k, y, B, H, W, C, F, S, Ho, Wo, row0, row1);
+// 1 where the slices run on OpenMP threads, 0 where the caller must thread them.
+int dw_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
 }
-void dw_forward_f64(const double* x, const double* k, double* y, idx B, idx H, idx W, idx C,
-                    idx F, idx S, idx Ho, idx Wo, idx row0, idx row1) {
-  forward<double>(x, k, y, B, H, W, C, F, S, Ho, Wo, row0, row1);
+
+// Output rows [row0, row1) of the flattened (B * Ho) rows, cut into `slices`.
+void dw_forward_f32(const float* x, const float* k, float* y, idx H, idx W, idx C, idx F, idx S,
+                    idx Ho, idx Wo, idx row0, idx row1, idx slices) {
+  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward<float>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
 }
-void dw_backward_f32(const float* x, const float* k, const float* gy, float* gx, float* gk,
-                     idx B, idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0,
-                     idx b1) {
-  backward<float>(x, k, gy, gx, gk, B, H, W, C, F, S, Ho, Wo, b0, b1);
+void dw_forward_f64(const double* x, const double* k, double* y, idx H, idx W, idx C, idx F,
+                    idx S, idx Ho, idx Wo, idx row0, idx row1, idx slices) {
+  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward<double>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
+}
+// Examples [b0, b1), cut into `slices`.
+void dw_backward_f32(const float* x, const float* k, const float* gy, float* gx, float* gk, idx H,
+                     idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0, idx b1, idx slices) {
+  in_slices(b1 - b0, slices, [&](idx a, idx b) { backward_any<float>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0 + a, b0 + b); });
 }
 void dw_backward_f64(const double* x, const double* k, const double* gy, double* gx, double* gk,
-                     idx B, idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0,
-                     idx b1) {
-  backward<double>(x, k, gy, gx, gk, B, H, W, C, F, S, Ho, Wo, b0, b1);
+                     idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0, idx b1, idx slices) {
+  in_slices(b1 - b0, slices, [&](idx a, idx b) { backward_any<double>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0 + a, b0 + b); });
 }
 
 }  // extern "C"
