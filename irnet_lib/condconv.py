@@ -166,21 +166,20 @@ class _PerExampleMatmul(torch.autograd.Function):
 
     Takes and returns (B, C, H, W) tensors; inside, each example is a matrix, ``x_b @ K_b`` for
     channels_last (kernel (C, C_out)) or ``K_b @ x_b`` for contiguous (kernel (C_out, C)).
-    The per-example kernels are kept for the backward pass rather than mixed again there: every
-    time B kernels are written or read is a pass over memory (26 MB for one of IR-NET's 7x7
-    layers at batch 64), and keeping them saved one of seven such passes, 2 % of the CondConv
-    network's training step on a 2-core CPU, for 5.7 MB of memory per example until the backward
-    pass (IR-NET's 32 conditional 1x1 layers hold 1.42 million kernel values per example). The kernel gradient of each example is formed once and serves both the routing's
-    gradient and the experts'.
+    The per-example kernels are not kept for the backward pass but mixed again there: M
+    multiply-adds per kernel weight, as fast on a 2-core CPU as keeping them (12 interleaved
+    training steps each way), without holding 1.42 million kernel values per example (IR-NET's
+    32 conditional 1x1 layers) until the backward pass. The kernel gradient of each example is
+    formed once and serves both the routing's gradient and the experts'.
     """
 
     @staticmethod
     def forward(ctx, x4, weight, r, kernel_shape, channels_last):
+        ctx.kernel_shape, ctx.channels_last = kernel_shape, channels_last
+        ctx.save_for_backward(x4, weight, r)
         # The forward pass runs inside condconv2d's ``cpu_matmul`` context; the backward sets its own.
         B, _, H, W = x4.shape
         k = (r @ weight).view(B, *kernel_shape)
-        ctx.channels_last = channels_last
-        ctx.save_for_backward(x4, weight, r, k)
         x = _as_matrices(x4, channels_last)
         if channels_last:
             return torch.bmm(x, k).view(B, H, W, -1).permute(0, 3, 1, 2)
@@ -193,14 +192,15 @@ class _PerExampleMatmul(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        x4, weight, r, k = ctx.saved_tensors
+        x4, weight, r = ctx.saved_tensors
         cl = ctx.channels_last
         B, C, H, W = x4.shape
         g = _as_matrices(grad_out.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), cl)
         x = _as_matrices(x4, cl)
+        k = (r @ weight).view(B, *ctx.kernel_shape)
         need_x, need_w, need_r = ctx.needs_input_grad[:3]
         grad_x4 = grad_w = grad_r = None
-        if need_x:
+        if need_x:  # in the input's layout, as the forward pass returns its output
             if cl:
                 grad_x4 = torch.bmm(g, k.transpose(1, 2)).view(B, H, W, C).permute(0, 3, 1, 2)
             else:

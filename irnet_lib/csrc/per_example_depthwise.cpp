@@ -20,8 +20,12 @@
 //   written back once per tap;
 // - UNROLL vectors of channels are summed side by side, so that the adds of one pixel are
 //   independent chains and the FMA units do not wait on each other's latency;
-// - the kernel gradient keeps one register per tap of a kernel row and per vector while it sweeps
-//   a row of the image, which needs F at compile time (3, 5, 7; other sizes take a plain loop).
+// - away from the borders the forward pass holds a vector's F x F kernel taps in registers while
+//   it sweeps a row of the image, so that each multiply-add loads only its input value;
+// - the kernel gradient keeps one register per tap of a kernel row and per vector while it
+//   sweeps a row.
+// The last two need F at compile time (3, 5, 7); other sizes, and the borders, take the general
+// loops.
 // The vectors are GCC/Clang vector extensions of 64 bytes: one AVX-512 register, or two AVX2 or
 // four SSE ones where the compiler (-march) has no wider.
 //
@@ -101,40 +105,92 @@ inline void over_channels(idx C, Blocks&& fn, Single&& fn1) {
   for (; c < C; ++c) fn1(c);
 }
 
-// y rows [row0, row1) of the flattened (B * Ho) output rows.
+// One output pixel, all channels: y[b, ho, wo] = sum over the taps inside the image of
+// k[i, j] * x[ho * S + i - P, wo * S + j - P].
 template <typename T>
+inline void forward_pixel(const T* xb, const T* kb, T* yp, idx H, idx W, idx C, idx F, idx S,
+                          idx ho, idx wo) {
+  const idx P = F / 2;
+  const idx h_first = ho * S - P, w_first = wo * S - P;  // input pixel of tap (0, 0)
+  idx i0, i1, j0, j1;
+  valid_taps(h_first, F, H, &i0, &i1);
+  valid_taps(w_first, F, W, &j0, &j1);
+  auto blocks = [&](idx c0, auto&& blk) {
+    for (idx i = i0; i < i1; ++i) {
+      const T* xr = xb + ((h_first + i) * W + w_first) * C + c0;
+      const T* kr = kb + i * F * C + c0;
+      for (idx j = j0; j < j1; ++j) blk.fma(kr + j * C, xr + j * C);
+    }
+    blk.save(yp + c0);
+  };
+  auto single = [&](idx c) {
+    T acc = 0;
+    for (idx i = i0; i < i1; ++i)
+      for (idx j = j0; j < j1; ++j) acc += kb[(i * F + j) * C + c] * xb[((h_first + i) * W + w_first + j) * C + c];
+    yp[c] = acc;
+  };
+  over_channels<T>(C, blocks, single);
+}
+
+// The interior pixels [lo, hi) of one output row whose taps all lie inside the image, F known at
+// compile time: for each vector of channels its F x F kernel taps are loaded into registers once
+// and the row is swept, one load of x per multiply-add. The same sums, in the same order, as
+// forward_pixel.
+template <typename T, int F>
+inline void forward_interior(const T* xr0, const T* kb, T* yr, idx W, idx C, idx S, idx lo, idx hi) {
+  constexpr idx L = lanes<T>();
+  constexpr idx P = F / 2;
+  idx c0 = 0;
+  for (; c0 + L <= C; c0 += L) {
+    vec<T> kreg[F * F];
+    for (int t = 0; t < F * F; ++t) kreg[t] = load(kb + t * C + c0);
+    for (idx wo = lo; wo < hi; ++wo) {
+      const T* xp = xr0 + (wo * S - P) * C + c0;
+      vec<T> acc = vec<T>{};
+      for (int i = 0; i < F; ++i)
+        for (int j = 0; j < F; ++j) acc += kreg[i * F + j] * load(xp + (i * W + j) * C);
+      store(yr + wo * C + c0, acc);
+    }
+  }
+  for (idx c = c0; c < C; ++c)
+    for (idx wo = lo; wo < hi; ++wo) {
+      const T* xp = xr0 + (wo * S - P) * C + c;
+      T acc = 0;
+      for (int i = 0; i < F; ++i)
+        for (int j = 0; j < F; ++j) acc += kb[(i * F + j) * C + c] * xp[(i * W + j) * C];
+      yr[wo * C + c] = acc;
+    }
+}
+
+// y rows [row0, row1) of the flattened (B * Ho) output rows. FF: F at compile time, or 0.
+template <typename T, int FF>
 void forward(const T* x, const T* k, T* y, idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo,
              idx row0, idx row1) {
   const idx P = F / 2;
+  // Interior columns (every tap inside the image): wo * S >= P and wo * S - P + F - 1 <= W - 1.
+  idx lo = (P + S - 1) / S, hi = W - F + P >= 0 ? std::min(Wo, (W - F + P) / S + 1) : 0;
+  if (FF == 0 || hi <= lo) lo = hi = 0;
   for (idx row = row0; row < row1; ++row) {
     const idx b = row / Ho, ho = row % Ho;
-    const idx h_first = ho * S - P;  // input row of tap row 0
-    idx i0, i1;
-    valid_taps(h_first, F, H, &i0, &i1);
     const T* xb = x + b * H * W * C;
     const T* kb = k + b * F * F * C;
-    for (idx wo = 0; wo < Wo; ++wo) {
-      const idx w_first = wo * S - P;
-      idx j0, j1;
-      valid_taps(w_first, F, W, &j0, &j1);
-      T* yp = y + (row * Wo + wo) * C;
-      auto blocks = [&](idx c0, auto&& blk) {
-        for (idx i = i0; i < i1; ++i) {
-          const T* xr = xb + ((h_first + i) * W + w_first) * C + c0;
-          const T* kr = kb + i * F * C + c0;
-          for (idx j = j0; j < j1; ++j) blk.fma(kr + j * C, xr + j * C);
-        }
-        blk.save(yp + c0);
-      };
-      auto single = [&](idx c) {
-        T acc = 0;
-        for (idx i = i0; i < i1; ++i)
-          for (idx j = j0; j < j1; ++j)
-            acc += kb[(i * F + j) * C + c] * xb[((h_first + i) * W + w_first + j) * C + c];
-        yp[c] = acc;
-      };
-      over_channels<T>(C, blocks, single);
-    }
+    T* yr = y + row * Wo * C;
+    const bool inside = ho * S - P >= 0 && ho * S - P + F <= H;  // every tap row in the image
+    const idx a = inside ? lo : Wo, e = inside ? hi : Wo;
+    for (idx wo = 0; wo < a; ++wo) forward_pixel(xb, kb, yr + wo * C, H, W, C, F, S, ho, wo);
+    if (e > a) forward_interior<T, (FF > 0 ? FF : 1)>(xb + (ho * S - P) * W * C, kb, yr, W, C, S, a, e);
+    for (idx wo = std::max(a, e); wo < Wo; ++wo) forward_pixel(xb, kb, yr + wo * C, H, W, C, F, S, ho, wo);
+  }
+}
+
+template <typename T>
+void forward_any(const T* x, const T* k, T* y, idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo,
+                 idx row0, idx row1) {
+  switch (F) {
+    case 3: return forward<T, 3>(x, k, y, H, W, C, F, S, Ho, Wo, row0, row1);
+    case 5: return forward<T, 5>(x, k, y, H, W, C, F, S, Ho, Wo, row0, row1);
+    case 7: return forward<T, 7>(x, k, y, H, W, C, F, S, Ho, Wo, row0, row1);
+    default: return forward<T, 0>(x, k, y, H, W, C, F, S, Ho, Wo, row0, row1);
   }
 }
 
@@ -292,11 +348,11 @@ int dw_openmp() {
 // Output rows [row0, row1) of the flattened (B * Ho) rows, cut into `slices`.
 void dw_forward_f32(const float* x, const float* k, float* y, idx H, idx W, idx C, idx F, idx S,
                     idx Ho, idx Wo, idx row0, idx row1, idx slices) {
-  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward<float>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
+  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward_any<float>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
 }
 void dw_forward_f64(const double* x, const double* k, double* y, idx H, idx W, idx C, idx F,
                     idx S, idx Ho, idx Wo, idx row0, idx row1, idx slices) {
-  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward<double>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
+  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward_any<double>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
 }
 // Examples [b0, b1), cut into `slices`.
 void dw_backward_f32(const float* x, const float* k, const float* gy, float* gx, float* gk, idx H,
