@@ -15,7 +15,8 @@ Modes: ``eager`` (contiguous fp32, the plain PyTorch default), ``channels_last``
 ``bf16`` (NHWC + bf16 autocast), ``compile`` (NHWC fp32 + ``torch.compile``) and, on a GPU,
 ``compile_bf16`` and ``graph_bf16`` (bf16 with each training step's forward and backward replayed
 as one CUDA graph, :mod:`irnet_lib.graphs`: what training does by default on one GPU; inference
-stays eager). Warm-up calls (and compilation) are excluded; each figure is the median over
+stays eager). Warm-up calls (and compilation) are excluded, and so is one untimed pass in the
+timed order, in which the process's memory reaches its high-water mark; each figure is the median over
 ``reps`` repetitions with the spread (IQR and min/max). Repetitions are *interleaved*: every
 repetition times all networks and modes one after the other, so a burst of load from other
 processes on a shared machine hits all of them alike, and ratios are taken per repetition
@@ -313,6 +314,15 @@ def run(settings: Settings, log=print, save=None) -> dict:
             cases.append(case)
             log(f"  warmed up {variant:>12s} / {mode:<13s} in {case.compile_s:6.1f} s")
 
+    # One untimed pass in the timed order first. Warming each case on its own does not reach the
+    # memory high-water mark of the interleaved loop (every case's activations, inference at the
+    # large batch): on a CPU the first interleaved pass then grows the heap, and the kernel
+    # zero-fills each new page (100,000 page faults, over a second of system time, in one
+    # CondConv training step of a full run).
+    for kind in ("train", "infer", "latency"):
+        for case in cases:
+            case.callables()[kind]()
+    _sync(device)
     for rep in range(s.reps):
         for kind in ("train", "infer", "latency"):
             for case in cases:
