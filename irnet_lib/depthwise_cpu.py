@@ -5,7 +5,7 @@ no operator for that, so :mod:`irnet_lib.condconv` folds the batch into the chan
 runs one grouped convolution. On a channels_last tensor that fold is a transposing copy of the
 whole feature map, and a training step needs four of them per layer (input and output, forward
 and backward). ``csrc/per_example_depthwise.cpp`` convolves the NHWC tensors where they lie,
-forward and backward, in plain C++ with no dependencies: each output summed in registers over its
+forward and backward, in plain C++ (OpenMP optional): each output summed in registers over its
 taps, with the kernel's taps held in registers while a row of the image is swept. Measured on a
 2-core AMD EPYC at batch 64, forward and backward: IR-NET's conditional depthwise layers 1.9-2.1x
 faster than with the fold (routing included), the convolution itself as fast as PyTorch's own

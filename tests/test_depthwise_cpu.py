@@ -128,6 +128,15 @@ def test_builds_without_openmp_and_threads_the_slices_itself(monkeypatch, tmp_pa
         depthwise_cpu.status()
 
 
+def test_the_openmp_build_is_tried_first_and_linked_to_pytorchs_runtime(monkeypatch):
+    monkeypatch.setattr(depthwise_cpu, "_openmp_runtime", lambda: "/opt/torch/lib/libgomp.so.1")
+    (flags, link), *rest = depthwise_cpu._flag_sets()
+    assert "-fopenmp" in flags and "/opt/torch/lib/libgomp.so.1" in link and "-Wl,-rpath,/opt/torch/lib" in link
+    assert rest and all("-fopenmp" not in f and not l for f, l in rest)   # the fallbacks: no runtime at all
+    monkeypatch.setattr(depthwise_cpu, "_openmp_runtime", lambda: None)
+    assert all("-fopenmp" not in f for f, _ in depthwise_cpu._flag_sets())
+
+
 def test_an_unwritable_cache_falls_back_to_a_temporary_folder(monkeypatch, tmp_path):
     locked = tmp_path / "locked"
     locked.write_text("a file where the cache folder should be")   # mkdir fails under it
