@@ -78,13 +78,8 @@ def _cache_dir() -> Path:
 
 
 def _openmp_runtime() -> str | None:
-    """The OpenMP runtime PyTorch has loaded into this process (Linux), or None.
-
-    PyTorch's CPU operators run on OpenMP threads, and after each parallel region those threads
-    spin for a few milliseconds waiting for more work. Threads of our own would share the cores
-    with them: on 2 cores that made the kernel 1.8x slower right after a matmul. Linked against
-    that runtime, the kernel's slices run on PyTorch's threads instead.
-    """
+    """The OpenMP runtime PyTorch has loaded into this process (Linux), or None: linked against
+    it, the kernel's slices run on PyTorch's own threads (why: the module's docstring)."""
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "/" in line}

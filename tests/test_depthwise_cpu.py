@@ -16,6 +16,19 @@ def _case(batch, channels, h, w, kernel_size, stride, dtype=torch.float32, seed=
     return conv, x.requires_grad_()
 
 
+def _assert_matches_reference(conv, x, stride, tol):
+    """Values and the gradients of x, the experts and the routing, against the per-example loop."""
+    r = conv.routing(x)
+    fast = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, stride)
+    ref = condconv2d_reference(x, conv.expert_weights, r, stride, conv.padding, conv.groups)
+    assert fast.shape == ref.shape and fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, ref, atol=tol, rtol=tol)
+    g = torch.randn_like(ref)
+    wrt = (x, conv.weight, conv.routing.fc.weight)
+    for a, b in zip(torch.autograd.grad(fast, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 @needs_kernel
 @pytest.mark.parametrize("kernel_size", [1, 3, 5, 7])
 @pytest.mark.parametrize("stride", [1, 2])
@@ -25,15 +38,7 @@ def _case(batch, channels, h, w, kernel_size, stride, dtype=torch.float32, seed=
 def test_matches_the_per_example_loop(shape, stride, kernel_size):
     conv, x = _case(*shape, kernel_size, stride)
     assert depthwise_cpu.supports(x, conv.expert_weights, conv.padding, conv.groups)
-    r = conv.routing(x)
-    fast = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, stride)
-    ref = condconv2d_reference(x, conv.expert_weights, r, stride, conv.padding, conv.groups)
-    assert fast.shape == ref.shape and fast.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(ref)
-    wrt = (x, conv.weight, conv.routing.fc.weight)
-    for a, b in zip(torch.autograd.grad(fast, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_matches_reference(conv, x, stride, tol=1e-5)
 
 
 @needs_kernel
@@ -49,14 +54,7 @@ def test_gradcheck_in_double(stride):
 @pytest.mark.parametrize("kernel_size", [3, 7])
 def test_vector_blocks_in_double(kernel_size):
     conv, x = _case(2, 43, 9, 8, kernel_size, 1, dtype=torch.float64)  # 43 = 32 + 8 + 3 doubles
-    r = conv.routing(x)
-    fast = depthwise_cpu.per_example_depthwise(x, conv.expert_weights, r, 1)
-    ref = condconv2d_reference(x, conv.expert_weights, r, 1, conv.padding, conv.groups)
-    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-12)
-    g = torch.randn_like(ref)
-    wrt = (x, conv.weight, conv.routing.fc.weight)
-    for a, b in zip(torch.autograd.grad(fast, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    _assert_matches_reference(conv, x, 1, tol=1e-12)
 
 
 @needs_kernel
