@@ -1,6 +1,7 @@
 """Where a GPU training step's time goes, per IR-NET variant: kernels launched per step, the
-time the GPU spends in them, and the wall time of the step, eager (bf16, channels_last) and
-replayed as one CUDA graph (``irnet_lib.graphs``); plus the kernels that take the most time.
+time the GPU spends in them, and the wall time of the step, eager (bf16, channels_last, the fast
+layer) and replayed as one CUDA graph (``irnet_lib.fast.graphs``); plus the kernels that take the
+most time, and CondConv computed by the teaching code (the core's contiguous fold) for comparison.
 
     python benchmarks/gpu_profile.py --out results/bench      # needs a CUDA GPU; ~30 s
 
@@ -15,18 +16,18 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irnet_lib import bench  # noqa: E402
+from benchmarks import bench  # noqa: E402
 
 
 def kernels(case, steps: int):
     """(kernels per step, GPU kernel ms per step, the top kernels by time)."""
+    train = case.callables()["train"]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            case.train_step()
+            train()
         torch.cuda.synchronize()
     rows = []
     for e in prof.key_averages():
@@ -54,37 +55,24 @@ def main(argv=None):
     # All wall times first: once a profiler has run in a process, its instrumentation can stay
     # behind and slow every later eager launch (measured: 55 ms for SE's step against 29 ms).
     cases = {(v, m): bench.Case(v, m, device, args.batch, bench.IMAGE_SIZE)
-             for v in args.variants for m in ("bf16", "graph_bf16")}
-    for (variant, mode), case in cases.items():
-        for _ in range(3):
-            case.train_step()
-        result["rows"].append({"variant": variant, "mode": mode, "fold_layout": "default",
-                               "wall_ms": 1e3 * bench.time_per_call(case.train_step, 20, device)})
+             for v in args.variants for m in ("fast_bf16", "graph_bf16")}
     if "condconv" in args.variants:
-        # CondConv's depthwise layers folded the other way ((1, B*C, H, W) instead of the default
-        # channels_last fold): which of the two grouped-conv kernels the GPU library runs faster.
-        from irnet_lib import condconv
-        default = condconv.FOLD_LAYOUT["cuda"]
-        other = "contiguous" if default == "channels_last" else "channels_last"
-        condconv.FOLD_LAYOUT["cuda"] = other
-        try:
-            for mode in ("bf16", "graph_bf16"):
-                case = bench.Case("condconv", mode, device, args.batch, bench.IMAGE_SIZE)
-                for _ in range(3):
-                    case.train_step()
-                result["rows"].append({"variant": "condconv", "mode": mode, "fold_layout": other,
-                                       "wall_ms": 1e3 * bench.time_per_call(case.train_step, 20, device)})
-                del case
-        finally:
-            condconv.FOLD_LAYOUT["cuda"] = default
+        # CondConv as the teaching code computes it (the batch folded into a contiguous image),
+        # against the fast layer's channels_last fold: which grouped-conv kernel the GPU runs faster.
+        cases["condconv", "bf16"] = bench.Case("condconv", "bf16", device, args.batch, bench.IMAGE_SIZE)
+    for (variant, mode), case in cases.items():
+        train = case.callables()["train"]
+        for _ in range(3):
+            train()
+        result["rows"].append({"variant": variant, "mode": mode, "fast": bench.MODES[mode].fast,
+                               "wall_ms": 1e3 * bench.time_per_call(train, 20, device)})
     for row in result["rows"]:
-        case = cases.get((row["variant"], row["mode"])) if row["fold_layout"] == "default" else None
+        case = cases.get((row["variant"], row["mode"]))
         if case is not None:
             row["kernels_per_step"], row["kernel_ms"], row["top"] = kernels(case, args.steps)
-        print(f"{row['variant']:>9s} {row['mode']:<10s} fold {row['fold_layout']:<10s} step {row['wall_ms']:6.2f} ms wall"
-              + (f", {row['kernel_ms']:6.2f} ms in {row['kernels_per_step']:5.0f} kernels" if "kernel_ms" in row else ""),
-              flush=True)
-        if row["mode"] == "bf16" and "top" in row:
+        busy = f", {row['kernel_ms']:6.2f} ms in {row['kernels_per_step']:5.0f} kernels" if "kernel_ms" in row else ""
+        print(f"{row['variant']:>9s} {row['mode']:<10s} step {row['wall_ms']:6.2f} ms wall{busy}", flush=True)
+        if row["mode"] == "fast_bf16" and "top" in row:
             for t in row["top"]:
                 print(f"      {t['ms_per_step']:6.2f} ms  x{t['calls_per_step']:<4.0f} {t['kernel']}")
     out = Path(args.out)

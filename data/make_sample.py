@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irnet_lib.data.datasets import (DEBIAN_FASHION_MNIST, FASHION_FILES, FASHION_MNIST_CLASSES,  # noqa: E402
-                                     _find_idx, read_idx)
+from irnet_lib.data.datasets import DEBIAN_FASHION_MNIST, FASHION_FILES, FASHION_MNIST_CLASSES, _find_idx, read_idx  # noqa: E402
 
 PER_CLASS = {"train": 120, "test": 40}
 SEED = 0
 
 
-def main(source: Path = DEBIAN_FASHION_MNIST, out: Path = Path(__file__).resolve().parent / "fashion-mnist-sample.npz"):
+OUT = Path(__file__).resolve().parent / "fashion-mnist-sample.npz"
+
+
+def main(source: Path = DEBIAN_FASHION_MNIST, out: Path = OUT):
     rng = np.random.default_rng(SEED)
     arrays = {}
     for split, (img, lab) in FASHION_FILES.items():

@@ -18,10 +18,12 @@ M       number of CondConv experts, M = 4        ``num_experts``
 One class, :class:`InvertedResidual`, implements Figure 2A. Blocks [B] and [C] are the same
 class with parts passed in: a squeeze-and-excite layer, and a conditional convolution in place
 of ``nn.Conv2d``. The three public constructors :func:`standard_block`, :func:`se_block` and
-:func:`condconv_block` share one signature, so Table 1 can be built with any of them.
+:func:`condconv_block` take the same leading arguments (Ni, No, and the keywords Ne/Ni, F, S, ID),
+so Table 1 can be built with any of them; each takes only the knobs its block uses.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -44,6 +46,7 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
+        check_int("se_reduction (R)", reduction)
         hidden = channels // reduction
         if hidden < 1:
             raise ValueError(f"se_reduction={reduction} leaves no hidden unit for {channels} channels; "
@@ -87,14 +90,22 @@ class InvertedResidual(nn.Module):
     def __init__(self, in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1,
                  identity=None, conv_layer=None, se_layer=None, routing_layer=None):
         super().__init__()
-        conv_layer = conv_layer or _plain_conv
-        mid = round(expansion * in_channels)
+        check_int("in_channels (Ni)", in_channels)
+        check_int("out_channels (No)", out_channels)
+        check_kernel_size(kernel_size)
+        if stride not in (1, 2) or isinstance(stride, bool):
+            raise ValueError(f"stride (S) must be 1 or 2, got {stride!r}")
+        mid = round(expansion * in_channels) if _finite_positive(expansion) else 0
+        if mid < 1:
+            raise ValueError(f"expansion must be a finite number > 0 that leaves at least one expanded channel "
+                             f"(Ne = round(expansion * Ni) >= 1), got {expansion!r}")
         can_skip = in_channels == out_channels and stride == 1
         if identity is None:
             identity = can_skip
         elif identity and not can_skip:
             raise ValueError(f"identity=True needs Ni == No and S == 1, got Ni={in_channels}, "
                              f"No={out_channels}, S={stride}")
+        conv_layer = conv_layer or _plain_conv
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.stride, self.has_skip = stride, bool(identity)
 
@@ -110,14 +121,10 @@ class InvertedResidual(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.routing is None:
-            conv = lambda layer, t: layer(t)  # noqa: E731
-        else:
-            r = self.routing(x)
-            conv = lambda layer, t: layer(t, r)  # noqa: E731
-        y = self.act1(self.bn1(conv(self.conv_pw, x)))
-        y = self.act2(self.bn2(conv(self.conv_dw, y)))
-        y = self.bn3(conv(self.conv_pwl, self.se(y)))
+        r = () if self.routing is None else (self.routing(x),)   # per-block routing: one r for all three
+        y = self.act1(self.bn1(self.conv_pw(x, *r)))
+        y = self.act2(self.bn2(self.conv_dw(y, *r)))
+        y = self.bn3(self.conv_pwl(self.se(y), *r))
         return x + y if self.has_skip else y
 
 
@@ -125,8 +132,12 @@ def _plain_conv(c_in, c_out, kernel_size, stride, groups):
     return nn.Conv2d(c_in, c_out, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
 
 
+def _finite_positive(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
 def check_int(name: str, value, minimum: int = 1) -> None:
-    """The one argument check of the library: an int (not a bool) of at least ``minimum``."""
+    """The library's integer check: an int (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
@@ -138,49 +149,20 @@ def check_kernel_size(kernel_size) -> None:
                          f"got {kernel_size!r}")
 
 
-def check_routing(routing) -> None:
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
-
-
-def _check_common(in_channels, out_channels, expansion, kernel_size, stride):
-    check_int("in_channels", in_channels)
-    check_int("out_channels", out_channels)
-    if not expansion > 0 or round(expansion * in_channels) < 1:
-        raise ValueError(f"expansion must be > 0 and leave at least one expanded channel, got {expansion!r}")
-    check_kernel_size(kernel_size)
-    if stride not in (1, 2):
-        raise ValueError(f"stride (S) must be 1 or 2, got {stride!r}")
-
-
-def _check_se_reduction(se_reduction, in_channels, expansion):
-    check_int("se_reduction (R)", se_reduction)
-    mid = round(expansion * in_channels)
-    if mid // se_reduction < 1:
-        raise ValueError(f"se_reduction (R) must leave at least one SE hidden unit (Ne // R >= 1, Ne={mid}), "
-                         f"got {se_reduction!r}")
-
-
-def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
-                   se_reduction=4, num_experts=4, routing="conv"):
+def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None):
     """[A] Standard block (Figure 2A).
 
     Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
-    S = ``stride``, ID = ``identity``. ``se_reduction``, ``num_experts`` and ``routing`` are accepted
-    and ignored so that the three blocks share one signature."""
-    _check_common(in_channels, out_channels, expansion, kernel_size, stride)
+    S = ``stride``, ID = ``identity``."""
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
                             stride=stride, identity=identity)
 
 
-def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
-             se_reduction=4, num_experts=4, routing="conv"):
+def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None, se_reduction=4):
     """[B] SE-enhanced block (Figures 2B, 3): block [A] with squeeze-and-excite on the Ne channels.
 
     Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
     S = ``stride``, ID = ``identity``, R = ``se_reduction`` (Ne // R hidden units)."""
-    _check_common(in_channels, out_channels, expansion, kernel_size, stride)
-    _check_se_reduction(se_reduction, in_channels, expansion)
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
                             stride=stride, identity=identity,
                             se_layer=partial(SqueezeExcite, reduction=se_reduction))
@@ -197,19 +179,18 @@ def condconv_block(in_channels, out_channels, *, expansion=4, kernel_size=3, str
     input. ``routing="block"`` (EfficientNet-CondConv): one routing vector from the block input,
     shared by the three convs.
     """
-    _check_common(in_channels, out_channels, expansion, kernel_size, stride)
-    _check_se_reduction(se_reduction, in_channels, expansion)
-    check_int("num_experts (M)", num_experts)
-    check_routing(routing)
+    if routing not in ROUTING_MODES:
+        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
     per_conv = routing == "conv"
-
-    def cond_conv(c_in, c_out, kernel_size, stride, groups):
-        return CondConv2d(c_in, c_out, kernel_size, stride, groups, num_experts=num_experts, routing=per_conv)
-
+    cond_conv = partial(_cond_conv, num_experts=num_experts, routing=per_conv)
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
                             stride=stride, identity=identity, conv_layer=cond_conv,
                             se_layer=partial(SqueezeExcite, reduction=se_reduction),
                             routing_layer=None if per_conv else partial(Routing, num_experts=num_experts))
+
+
+def _cond_conv(c_in, c_out, kernel_size, stride, groups, *, num_experts, routing):
+    return CondConv2d(c_in, c_out, kernel_size, stride, groups, num_experts=num_experts, routing=routing)
 
 
 BLOCKS = {"standard": standard_block, "se": se_block, "condconv": condconv_block}

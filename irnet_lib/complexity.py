@@ -279,7 +279,7 @@ def _irnet_stages(model: IRNet, df: pd.DataFrame) -> dict:
     """Row index -> stage label. A stage is the run of block rows with the same output width
     (the first of them changes the width or resolution), as MobileNetV2 groups its table."""
     stages = {0: "stem", len(model.rows) + 1: "head", len(model.rows) + 2: "classifier"}
-    for i, row in enumerate(model.rows):
+    for i, _ in enumerate(model.rows):
         out = df.loc[(df["row"] == i + 1) & (df["role"] == "project 1x1"), "output_shape"].iloc[-1]
         stages[i + 1] = f"{out[0]} ch, {out[1]}x{out[2]}"
     return stages

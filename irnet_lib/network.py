@@ -6,13 +6,15 @@ channels of the next one, exactly as the paper leaves them to be read.
 """
 from __future__ import annotations
 
+import inspect
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, check_int, check_kernel_size, check_routing
+from .blocks import BLOCKS, check_int, check_kernel_size
 
 __all__ = ["Row", "TABLE_1", "IRNet", "irnet", "make_divisible", "table1_rows"]
 
@@ -56,9 +58,9 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _positive(name, v, kind=(int, float)):
-    if isinstance(v, bool) or not isinstance(v, kind) or v <= 0:
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
 
 
 def table1_rows(width_mult=1.0, depth_mult=1.0, kernel_size=3):
@@ -112,6 +114,9 @@ class IRNet(nn.Module):
         return self.head(self.rows(self.stem(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.stem[0].in_channels:
+            raise ValueError(f"IR-NET takes (batch, {self.stem[0].in_channels}, H, W) images, got a tensor of shape "
+                             f"{tuple(x.shape)}; a grayscale batch becomes RGB with x.expand(-1, 3, -1, -1)")
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
@@ -128,20 +133,29 @@ def irnet(block: str = "standard", num_classes: int = 100, *, width_mult: float 
         kernel_size: F of the depthwise convs ("filter sizes", 3 in the paper).
         se_reduction: R, for "se" and "condconv" (4 in the paper).
         num_experts: M, for "condconv" (4 in the paper).
-        routing: "conv" (one routing function per conditional conv, as Figure 4 draws it) or
-            "block" (one per block, shared by its three convs, as EfficientNet-CondConv).
+        routing: for "condconv": "conv" (one routing function per conditional conv, as Figure 4
+            draws it) or "block" (one per block, shared by its three convs, as EfficientNet-CondConv).
+
+    A knob of another block (``num_experts`` for "se", say) must keep its default: a changed value
+    that would have no effect is an error, not silently dropped.
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
-    # Checked here, before any layer is built, with the blocks' own checks.
     check_int("num_classes", num_classes)
     _positive("width_mult", width_mult)
     _positive("depth_mult", depth_mult)
-    _positive("expansion", expansion)
-    check_kernel_size(kernel_size)
-    check_int("se_reduction (R)", se_reduction)
-    check_int("num_experts (M)", num_experts)
-    check_routing(routing)
-    rows = table1_rows(width_mult, depth_mult, kernel_size)
-    return IRNet(BLOCKS[block], num_classes, rows, expansion=expansion, se_reduction=se_reduction,
-                 num_experts=num_experts, routing=routing)
+    check_kernel_size(kernel_size)   # before Table 1 is rewritten with it
+    knobs = {"se_reduction": se_reduction, "num_experts": num_experts, "routing": routing}
+    takes = inspect.signature(BLOCKS[block]).parameters
+    for name, value in knobs.items():
+        if name not in takes and value != _knob_default(name):
+            users = [b for b, fn in BLOCKS.items() if name in inspect.signature(fn).parameters]
+            raise ValueError(f"{name}={value!r} has no effect on the {block!r} block; it applies to "
+                             f"{' and '.join(repr(u) for u in users)} (leave it at its default otherwise)")
+    block_fn = partial(BLOCKS[block], expansion=expansion, **{k: v for k, v in knobs.items() if k in takes})
+    return IRNet(block_fn, num_classes, table1_rows(width_mult, depth_mult, kernel_size))
+
+
+def _knob_default(name: str):
+    """The default of a block knob (``se_reduction``, ``num_experts``, ``routing``) in :func:`irnet`."""
+    return inspect.signature(irnet).parameters[name].default

@@ -1,4 +1,5 @@
-"""What every notebook of the series shares: the repository's address, the set-up cell, answer checks.
+"""What every notebook of the series shares: the repository's address, the set-up cell, answer
+checks, and where figures and runs are written.
 
 ``REPO`` is the one place that names the public repository: the "Open in Colab" badges and the
 Colab install cells are generated from it (``python tools/notebooks.py sync``), and a test checks
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,9 +20,45 @@ REPO = "irnet-tutorial/irnet"
 BRANCH = "main"
 
 
+ROOT = Path(__file__).resolve().parents[1]   # the clone: notebooks/, figures/, results/, data/
+
+
 def fast_mode() -> bool:
     """True when ``IRNET_FAST`` is set (the test suite sets it): notebooks shrink their work."""
     return os.environ.get("IRNET_FAST", "0").lower() not in ("", "0", "false", "no")
+
+
+def figure_path(name: str) -> Path:
+    """Where a notebook saves the figure ``name``: the repository's ``figures/``, or the folder in
+    ``IRNET_FIGURES`` (the test suite points it at a temporary folder, so tests leave the clone as it was)."""
+    folder = Path(os.environ.get("IRNET_FIGURES") or ROOT / "figures")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def runs_folder(name: str, drive_folder: str | None = None) -> Path:
+    """Where a notebook's training runs go: ``runs/<name>`` in the clone (git-ignored), the folder in
+    ``IRNET_RUNS`` (the test suite: a temporary one), or, in Colab, ``drive_folder`` on a mounted
+    Google Drive, which outlives a disconnected runtime (a run started again resumes from there)."""
+    if drive_folder:
+        if not drive_folder.startswith("/content/drive/"):
+            raise ValueError(f"drive_folder must lie in the mounted Drive, /content/drive/MyDrive/..., "
+                             f"got {drive_folder!r}")
+        if "google.colab" not in sys.modules:
+            raise RuntimeError("drive_folder is for Colab: set it to None here, runs go to runs/ in the clone")
+        if not Path("/content/drive/MyDrive").is_dir():
+            from google.colab import drive  # noqa: PLC0415 - exists in Colab only
+            try:
+                drive.mount("/content/drive")
+            except Exception as e:
+                raise RuntimeError(f"Google Drive could not be mounted ({e}); allow access when Colab asks, or "
+                                   "set drive_folder = None to keep the runs in the runtime (lost if it "
+                                   "disconnects)") from e
+        folder = Path(drive_folder) / name
+    else:
+        folder = Path(os.environ.get("IRNET_RUNS") or ROOT / "runs") / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def colab_url(notebook_path: str) -> str:
@@ -31,17 +70,25 @@ def colab_badge(notebook_path: str) -> str:
             f"({colab_url(notebook_path)})")
 
 
+COLAB_ROOT = "/content/irnet"
+
+
 def colab_install_source() -> str:
-    """Source of the install cell: clones the repository (code, embedded data, stored results)
-    and installs it, in Colab only; elsewhere it does nothing."""
-    return f'''# Colab only: fetch the repository and install irnet_lib. Does nothing anywhere else.
-import os, subprocess, sys
-if "google.colab" in sys.modules and not os.path.isdir("/content/irnet"):
-    subprocess.run(["git", "clone", "--depth", "1", "--branch", "{BRANCH}",
-                    "https://github.com/{REPO}", "/content/irnet"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/irnet[notebooks]"], check=True)
+    """Source of every notebook's install cell. In Colab it clones the repository (code, embedded
+    data, stored results), pip-installs only the packages Colab lacks (``tools/colab_setup.py``) and
+    puts the clone on ``sys.path``: importable in this very kernel, where an installed package would
+    need a restart. Anywhere else it does nothing."""
+    return f'''# Colab only: clone the repository, install what Colab lacks, import irnet_lib without a restart.
+import importlib, os, subprocess, sys
 if "google.colab" in sys.modules:
-    os.chdir("/content/irnet/notebooks")'''
+    if not os.path.isdir("{COLAB_ROOT}"):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "{BRANCH}",
+                        "https://github.com/{REPO}", "{COLAB_ROOT}"], check=True)
+    subprocess.run([sys.executable, "{COLAB_ROOT}/tools/colab_setup.py"], check=True)
+    sys.path.insert(0, "{COLAB_ROOT}")
+    os.environ["PYTHONPATH"] = "{COLAB_ROOT}" + os.pathsep + os.environ.get("PYTHONPATH", "")
+    importlib.invalidate_caches()
+    os.chdir("{COLAB_ROOT}/notebooks")'''
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ torch's own ``LambdaLR`` so that it checkpoints and resumes like any torch sched
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple
@@ -26,7 +27,7 @@ import torch
 from .data.transforms import check_test_crop
 
 __all__ = ["Recipe", "TABLE_2", "TABLE_3", "PaperResult", "lr_at", "make_optimizer", "make_scheduler",
-           "schedule_table"]
+           "schedule_table", "default_warmup", "add_recipe_arguments", "recipe_from_args", "FLAGS"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ class Recipe:
                 f"train_lr_init_epochs + train_lr_final_epochs must equal train_num_epochs "
                 f"({self.train_lr_init_epochs} + {self.train_lr_final_epochs} != {self.train_num_epochs}); "
                 f"use Recipe.compressed(epochs, warmup_epochs) to shorten the schedule")
-        if not self.train_lr_max > 0:
-            raise ValueError(f"train_lr_max must be > 0, got {self.train_lr_max!r}")
+        if not (isinstance(self.train_lr_max, (int, float)) and math.isfinite(self.train_lr_max)
+                and self.train_lr_max > 0):
+            raise ValueError(f"train_lr_max must be a finite number > 0, got {self.train_lr_max!r}")
         for name in ("train_lr_init_scale", "train_lr_final_scale"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
@@ -74,7 +76,8 @@ class Recipe:
         if self.optimizer != "sgd":
             raise ValueError(f"only optimizer='sgd' (the course's) is implemented, got {self.optimizer!r}")
         check_test_crop(self.test_crop)
-        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+        ema = self.ema_decay
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
@@ -93,13 +96,20 @@ class Recipe:
         return (self.label_smoothing == 0 and self.lr_step == "epoch" and self.test_crop == 56
                 and self.ema_decay == 0)
 
-    def compressed(self, epochs: int, warmup_epochs: int = 1, **changes) -> "Recipe":
+    def compressed(self, epochs: int, warmup_epochs: int | None = None, **changes) -> Recipe:
         """The same shape of schedule (warm-up then half cosine) squeezed into ``epochs`` epochs,
-        for budgets that cannot afford 55 (a CPU, a quick check)."""
+        for budgets that cannot afford 55 (a CPU, a quick check). ``warmup_epochs`` defaults to
+        :func:`default_warmup`; at least one cosine epoch must remain, and it starts at the peak."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        warmup_epochs = default_warmup(epochs) if warmup_epochs is None else warmup_epochs
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"warmup_epochs must be an int from 0 to epochs - 1 = {epochs - 1} (the schedule needs "
+                             f"a cosine epoch to reach its peak), got {warmup_epochs!r}")
         return replace(self, train_num_epochs=epochs, train_lr_init_epochs=warmup_epochs,
                        train_lr_final_epochs=epochs - warmup_epochs, **changes)
 
-    def scaled_to_batch(self, batch_size: int) -> "Recipe":
+    def scaled_to_batch(self, batch_size: int) -> Recipe:
         """Smaller batch, proportionally smaller peak learning rate (the linear scaling rule of
         Goyal et al. 2017); the scales, and so the shape, are kept."""
         return replace(self, data_batch_size=batch_size,
@@ -115,7 +125,7 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -166,7 +176,9 @@ def lr_at(recipe: Recipe, epoch: float) -> float:
     lr_max, lr_init, lr_final = recipe.train_lr_max, recipe.lr_init, recipe.lr_final
     if epoch < w:
         return lr_init + (lr_max - lr_init) * epoch / w
-    progress = 1.0 if f == 1 else min((epoch - w) / (f - 1), 1.0)
+    # The first cosine epoch is the peak, the last one lr_final; a single cosine epoch starts at the
+    # peak and (per iteration) descends over its own steps.
+    progress = min((epoch - w) / max(f - 1, 1), 1.0)
     return lr_final + 0.5 * (lr_max - lr_final) * (1 + math.cos(math.pi * progress))
 
 
@@ -208,3 +220,62 @@ def schedule_table(recipe: Recipe | None = None):
         opt.step()
         sched.step()
     return pd.DataFrame(rows)
+
+
+def default_warmup(epochs: int) -> int:
+    """Warm-up epochs of a schedule compressed to ``epochs``: Table 2's 5 of 55 scaled, at least one
+    where there is room, and always leaving one cosine epoch (1 epoch: no warm-up)."""
+    return min(max(1, round(5 * epochs / 55)), epochs - 1)
+
+
+#: The recipe's command-line flags: flag -> (Recipe field, help). Their types and defaults are the
+#: fields'; ``train`` and ``reproduce`` both add them with :func:`add_recipe_arguments`.
+FLAGS = {
+    "--epochs": ("train_num_epochs", "compress the schedule's shape into this many epochs (default: Table 2's 55)"),
+    "--warmup-epochs": ("train_lr_init_epochs", "warm-up epochs of a compressed schedule "
+                        "(default: 5 x epochs / 55, at least 1, leaving one cosine epoch)"),
+    "--batch-size": ("data_batch_size", "global batch; the peak lr scales with it (linear rule) unless --lr-max"),
+    "--lr-max": ("train_lr_max", "peak learning rate (Table 2: 0.2 at batch 256)"),
+    "--lr-step": ("lr_step", "set the lr once per epoch as the course did, or every iteration (smooth)"),
+    "--label-smoothing": ("label_smoothing", "beyond the paper (default 0)"),
+    "--ema-decay": ("ema_decay", "also test an exponential moving average of the weights, e.g. 0.99 "
+                    "(beyond the paper)"),
+    "--test-crop": ("test_crop", "test images' centre crop; 64 tests the whole image (beyond the paper)"),
+}
+_CHOICES = {"lr_step": ("epoch", "iteration")}
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe's flags (:data:`FLAGS`), typed and defaulted from ``Recipe``'s fields."""
+    g = p.add_argument_group("recipe (Table 2; unset flags keep the paper's values)")
+    by_name = {f.name: f for f in fields(Recipe)}
+    for flag, (name, help) in FLAGS.items():
+        default = by_name[name].default
+        g.add_argument(flag, type=type(default), default=None, choices=_CHOICES.get(name),
+                       help=f"{help} [{default}]")
+
+
+def recipe_from_args(args, base: Recipe | None = None) -> Recipe:
+    """The recipe the flags ask for: ``base`` (default ``Recipe()``), the batch scaled first (the peak
+    lr with it), then the schedule compressed, then the other fields. Bad values: a ``ValueError``
+    naming the flag."""
+    recipe = base or Recipe()
+    given = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _) in FLAGS.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    for flag, (name, _) in FLAGS.items():
+        if name in given and name in ("train_num_epochs", "data_batch_size") and given[name] < 1:
+            raise ValueError(f"{flag} must be >= 1, got {given[name]}")
+    if "data_batch_size" in given:
+        recipe = recipe.scaled_to_batch(given.pop("data_batch_size"))
+    epochs, warmup = given.pop("train_num_epochs", None), given.pop("train_lr_init_epochs", None)
+    if epochs is not None or warmup is not None:
+        epochs = recipe.train_num_epochs if epochs is None else epochs
+        if warmup is not None and not 0 <= warmup < epochs:
+            raise ValueError(f"--warmup-epochs must be from 0 to {epochs - 1} (--epochs {epochs} needs at least "
+                             f"one cosine epoch), got {warmup}")
+        recipe = recipe.compressed(epochs, warmup)
+    try:
+        return replace(recipe, **given)
+    except ValueError as e:
+        flag = next((f for f, (name, _) in FLAGS.items() if str(e).startswith(name)), None)
+        raise ValueError(f"{flag}: {e}" if flag else str(e)) from None

@@ -14,14 +14,25 @@ import argparse
 import os
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from .recipe import TABLE_3, Recipe
-from .train import Run, read_history, train
+from .recipe import TABLE_3, Recipe, add_recipe_arguments, recipe_from_args
+from .runs import Run, RunFolder, read_history
+from .train import (
+    NonFiniteError,
+    Runtime,
+    add_data_arguments,
+    add_runtime_arguments,
+    check_data_arguments,
+    runtime_from_args,
+    train,
+)
 
-__all__ = ["BLOCKS", "QUICK", "data_label", "runs_label", "run_label", "figure5_reference", "report", "table3", "to_markdown", "figure5", "write_table3",
+__all__ = ["BLOCKS", "QUICK", "data_label", "runs_label", "run_label", "figure5_reference", "report", "table3",
+           "to_markdown", "figure5", "write_table3",
            "load_runs", "load_course_log", "reproduce", "main"]
 
 BLOCKS = ("standard", "se", "condconv")
@@ -34,8 +45,7 @@ LABELS = {p.block: p.label for p in TABLE_3}
 #: The lr is stepped per iteration: with one warm-up epoch the per-epoch schedule jumps 100x between
 #: two epochs, which the CondConv block does not survive (measured here and on the full data on a GPU,
 #: results/README.md); per iteration the same curve ramps up over the warm-up epoch's steps.
-QUICK = dict(data="fashion-mnist-sample", train_subset=None, test_subset=None, epochs=3, warmup_epochs=1,
-             batch_size=32, lr_step="iteration")
+QUICK = dict(data="fashion-mnist-sample", epochs=3, warmup_epochs=1, batch_size=32, lr_step="iteration")
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -220,23 +230,26 @@ def _table4(out_dir: Path, quiet: bool, blocks=BLOCKS):
 
 
 def reproduce(data="fashion-mnist-sample", *, out_dir=None, root="data", blocks=BLOCKS, recipe: Recipe | None = None,
-              train_subset=None, test_subset=None, seed=0, figure=None, quiet=False, **train_kwargs):
-    """Table 4, the blocks trained (resuming what is already there), Table 3 and Figure 5."""
-    out_dir = Path(out_dir or Path("results") / data)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _table4(out_dir, quiet, tuple(blocks))
-    runs = {}
-    for block in blocks:
-        runs[block] = train(block, data, recipe=recipe, out_dir=out_dir / block, root=root,
-                            train_subset=train_subset, test_subset=test_subset, seed=seed, quiet=quiet,
-                            **train_kwargs)
-    return report(runs, out_dir, figure, quiet)
+              train_subset=None, test_subset=None, seed=0, figure=None, download=False, pipeline="auto",
+              num_workers=None, runtime=None, **runtime_fields):
+    """Table 4, the blocks trained (resuming what is already there), Table 3 and Figure 5, all in
+    ``out_dir`` (default ``runs/<data>``; Figure 5 as ``out_dir/figure5.png`` unless ``figure``)."""
+    out_dir = Path(out_dir or Path("runs") / data)
+    rt = replace(runtime or Runtime(), **runtime_fields)
+    for block in blocks:   # every run folder checked before anything is trained
+        RunFolder(out_dir / block)
+    _table4(out_dir, rt.quiet, tuple(blocks))
+    runs = {block: train(block, data, recipe=recipe, out_dir=out_dir / block, root=root, download=download,
+                         train_subset=train_subset, test_subset=test_subset, seed=seed, pipeline=pipeline,
+                         num_workers=num_workers, runtime=rt)
+            for block in blocks}
+    return report(runs, out_dir, figure or out_dir / "figure5.png", rt.quiet)
 
 
-def report(runs, out_dir, figure=None, quiet=False):
+def report(runs, out_dir, figure, quiet=False):
+    """Table 3 (``out_dir/table3.md`` and ``.csv``) and Figure 5 (``figure``) of ``runs``."""
     out_dir = Path(out_dir)
     df = write_table3(runs, out_dir)
-    figure = Path(figure or Path("figures") / f"fig5_{out_dir.name}.png")
     import matplotlib
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
@@ -248,46 +261,47 @@ def report(runs, out_dir, figure=None, quiet=False):
     return df
 
 
-def main(argv=None):
-    from .train import add_device_arguments, recipe_from_args
-    p = argparse.ArgumentParser(prog="python -m irnet_lib.reproduce", description=__doc__.split("\n\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m irnet_lib.reproduce", description=__doc__.split("\n\n")[0],
+                                epilog="Runs go to runs/ (git-ignored). The committed results/ are rewritten only "
+                                       "when named: --out results/<name> --figure figures/fig5_<name>.png.")
     p.add_argument("--quick", action="store_true",
-                   help=f"the embedded sample, small: {QUICK}")
-    p.add_argument("--from-results", default=None, help="only rebuild Table 3 and Figure 5 from this folder")
-    p.add_argument("--data", default=None)
-    p.add_argument("--root", default="data")
-    p.add_argument("--download", action="store_true", help="fetch the dataset where there is internet")
-    p.add_argument("--out", default=None, help="results folder (default results/<data> or results/quick-sample)")
-    p.add_argument("--figure", default=None, help="Figure 5 path (default figures/fig5_<results folder>.png)")
+                   help=f"the embedded sample, a few CPU minutes: {QUICK}")
+    p.add_argument("--from-results", default=None, metavar="FOLDER",
+                   help="only rebuild Table 3 and Figure 5 (figures/fig5_<folder name>.png) from FOLDER/<block>/")
+    p.add_argument("--out", default=None, help="results folder (default runs/<data>, or runs/quick-sample)")
+    p.add_argument("--figure", default=None, help="Figure 5 path (default <out>/figure5.png)")
     p.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS)
-    for flag, typ in [("--epochs", int), ("--warmup-epochs", int), ("--batch-size", int), ("--lr-max", float),
-                      ("--train-subset", int), ("--test-subset", int)]:
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--lr-step", choices=["epoch", "iteration"], default=None,
-                   help="lr schedule steps: per epoch as the course (default), per iteration with --quick")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--test-crop", type=int, default=56, help="64: evaluate on the whole image (beyond the paper)")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="also test an EMA of the weights (beyond the paper)")
-    p.add_argument("--seed", type=int, default=0)
-    add_device_arguments(p)
-    p.add_argument("--quiet", action="store_true")
+    add_data_arguments(p)
+    add_recipe_arguments(p)
+    add_runtime_arguments(p)
+    return p
+
+
+def main(argv=None):
+    p = _parser()
     args = p.parse_args(argv)
     if args.from_results:
-        return report(load_runs(args.from_results, args.blocks), args.from_results, args.figure, args.quiet)
+        folder = Path(args.from_results)
+        figure = args.figure or Path("figures") / f"fig5_{folder.name}.png"
+        return report(load_runs(folder, args.blocks), folder, figure, args.quiet)
     if args.quick:
         for k, v in QUICK.items():
-            if getattr(args, k) is None:
+            if getattr(args, k) is None or (k == "data" and args.data == p.get_default("data")):
                 setattr(args, k, v)
-        args.out = args.out or os.path.join("results", "quick-sample")
-    args.data = args.data or "fashion-mnist-sample"
-    args.lr_step = args.lr_step or "epoch"
+        args.out = args.out or os.path.join("runs", "quick-sample")
     if args.quick and not args.quiet:
         print("Quick mode: a check of the whole pipeline (a few CPU minutes), not a result: 3 epochs of the "
-              "embedded 1,200-image sample per block. Real runs: results/fashion-mnist-cpu*/.")
-    return reproduce(args.data, out_dir=args.out, root=args.root, blocks=args.blocks, recipe=recipe_from_args(args),
-                     train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
-                     figure=args.figure, quiet=args.quiet, device=args.device, precision=args.precision,
-                     compile=args.compile, cuda_graph=args.cuda_graph, download=args.download)
+              "embedded 1,200-image sample per block. Results of real runs: results/README.md.")
+    try:
+        recipe, runtime = recipe_from_args(args), runtime_from_args(args)
+        check_data_arguments(args)
+        return reproduce(args.data, out_dir=args.out, root=args.root, blocks=args.blocks, recipe=recipe,
+                         train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                         figure=args.figure, download=args.download, pipeline=args.pipeline,
+                         num_workers=args.workers, runtime=runtime)
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, NonFiniteError) as e:
+        sys.exit(f"{p.prog}: error: {e}")
 
 
 if __name__ == "__main__":

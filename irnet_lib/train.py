@@ -1,23 +1,23 @@
-"""The training loop: the Table 2 recipe, resumable, fast on a GPU, several GPUs under ``torchrun``.
+"""The training loop: the paper's Table 2 recipe, resumable, on a CPU, a GPU or several GPUs.
 
-Two levels:
+Read :func:`fit` first: it is the whole loop, built on :func:`train_one_epoch` and
+:func:`evaluate`. Around it:
 
 * ``fit(model, train_loader, test_loader, recipe, out_dir=...)`` trains any model on any pair of
-  loaders that follow the data contract (``len``, ``set_epoch(e)``, ``num_samples``, yielding
-  ``(x, y)`` already on the device). Tests drive it with tiny models and stand-in loaders.
-* ``train(block, data, ...)`` builds IR-NET and the loaders of ``irnet_lib.data`` and calls
-  ``fit``; ``python -m irnet_lib.train --block se --data fashion-mnist`` is its command line.
-
-What a run leaves in ``out_dir``: ``last.pt`` (every epoch) and ``best.pt`` (best test accuracy),
-both written atomically, and ``history.csv`` / ``history.json`` (per-epoch numbers and the run's
-metadata: which data, which hardware, how long). Running the same command again resumes.
+  loaders that follow the data contract (``len``, ``set_epoch(e)``, yielding ``(x, y)`` already
+  on the device). Tests drive it with tiny models and stand-in loaders.
+* ``train(block, data, ...)`` builds IR-NET and the loaders of ``irnet_lib.data`` and calls ``fit``;
+  ``python -m irnet_lib.train --block se --data fashion-mnist`` is its command line.
+* :class:`Runtime` says *how* a run executes (device, precision, memory format, the opt-in fast
+  layer :mod:`irnet_lib.fast`); none of it changes *what* is computed beyond rounding.
+* :mod:`irnet_lib.runs` keeps the run's folder: checkpoints, history, resuming after a kill.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import hashlib
-import json
+import itertools
 import math
 import os
 import platform
@@ -34,120 +34,114 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .allocator import reuse_freed_memory, state as allocator_state
-from .graphs import GraphedStep, graphs_available
-from .recipe import Recipe, lr_at, make_optimizer, make_scheduler
+from . import fast
+from .recipe import Recipe, add_recipe_arguments, make_optimizer, make_scheduler, recipe_from_args
+from .runs import CHECKPOINT_FORMAT, Run, RunFolder
 
-__all__ = ["fit", "train", "evaluate", "Run", "NonFiniteLossError", "CheckpointMismatchError", "atomic_save",
-           "load_checkpoint", "read_history", "hardware_name", "main"]
+__all__ = ["fit", "train", "train_one_epoch", "evaluate", "Runtime", "auto_precision", "NonFiniteError",
+           "EagerStep", "hardware_name", "cpu_name", "main"]
 
-CHECKPOINT_FORMAT = 1
-TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "train_images_per_s", "elapsed_seconds")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
+class NonFiniteError(RuntimeError):
+    """A loss or a weight became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
 
-    def __init__(self, message, epoch, step):
+    def __init__(self, message, epoch=None, step=None):
         super().__init__(message)
         self.epoch, self.step = epoch, step
 
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint in ``out_dir`` belongs to another run (variant, data or recipe)."""
-
-
-@dataclass
-class Run:
-    """What ``fit``/``train`` return: the per-epoch history, the run's metadata and the model."""
-    history: "pandas.DataFrame"  # noqa: F821
-    meta: dict
-    model: nn.Module
-    out_dir: Path | None = None
-
-    @property
-    def best_accuracy(self) -> float:
-        return float(self.history["test_acc"].max())
-
-    @property
-    def recipe(self) -> dict:
-        """The run's recipe as stored in its metadata (``Recipe.to_dict``; empty if none was)."""
-        return self.meta.get("config", {}).get("recipe", {})
-
-    @property
-    def planned_epochs(self) -> int:
-        """The epochs its recipe spans (more than ``len(history)`` while a run is unfinished)."""
-        return self.recipe.get("train_num_epochs", len(self.history))
-
-    @property
-    def final_accuracy(self) -> float:
-        return float(self.history["test_acc"].iloc[-1])
+    def stopped(self, epoch, lr, history, folder) -> NonFiniteError:
+        """The same error, saying what was kept and what to do."""
+        kept = (f"the last finite epoch is {history[-1]['epoch']}" + (f" ({folder.last})" if folder else "")
+                if history else "no epoch had finished")
+        return NonFiniteError(f"epoch {epoch} (0-based, lr {lr:.4g}): {self}. Nothing of this epoch was saved; "
+                              f"{kept}. Lower the peak lr (train_lr_max, --lr-max), check the data for NaN, or "
+                              "train in fp32.", epoch, self.step)
 
 
-# ----------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------- how a run executes
 
-def atomic_save(obj, path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it:
-    a kill or an error at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def auto_precision(device) -> str:
+    """The precision a run on ``device`` uses by default: ``"bf16"`` autocast where the GPU computes
+    in bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), ``"fp16"``
+    autocast with loss scaling on older GPUs (Colab's T4, V100: 7.x), ``"fp32"`` on a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes; nothing here changes what is computed, beyond rounding.
+
+    device: "cpu", "cuda", "cuda:1"...; ``None``: where the model is (``train``: a GPU if any).
+    precision: "auto" (:func:`auto_precision`), "bf16", "fp16" (GPU; with a gradient scaler), "fp32".
+    channels_last: NHWC feature maps, the fast layout for depthwise convs on CPUs and GPUs.
+    fast: the opt-in fast layer (:mod:`irnet_lib.fast`); on a GPU it replays each step as a CUDA graph.
+    compile: ``torch.compile`` the model. cuda_graph: ``None`` lets ``fast`` decide, ``False`` never,
+    ``True`` insists. max_epochs: stop after this many epochs in this call (calling again resumes).
+    resume: continue from the run folder's ``last.pt``. sync_every: steps between host reads of the
+    running loss (the non-finite check, the progress bar); default 1 on a CPU, 50 on a GPU.
+    """
+    device: str | None = None
+    precision: str = "auto"
+    channels_last: bool = True
+    fast: bool = False
+    compile: bool = False
+    cuda_graph: bool | None = None
+    max_epochs: int | None = None
+    resume: bool = True
+    quiet: bool = False
+    label: str = ""
+    sync_every: int | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("max_epochs", "sync_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an int >= 1 (or None), got {v!r}")
+        if self.device is not None:
+            try:
+                dev = torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {self.device!r}: PyTorch sees no CUDA GPU here "
+                                 "(torch.cuda.is_available() is False); leave the device unset to train on the CPU")
+
+    def resolve(self, model: nn.Module) -> tuple[torch.device, str]:
+        """The device and the precision of a run of ``model``."""
+        device = torch.device(self.device) if self.device else next(model.parameters()).device
+        precision = auto_precision(device) if self.precision == "auto" else self.precision
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("precision 'fp16' (with loss scaling) is for CUDA GPUs; on a CPU use 'bf16' or 'fp32'")
+        if precision == "bf16" and device.type == "cuda" and auto_precision(device) != "bf16":
+            cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+            warnings.warn(f"bf16 on {torch.cuda.get_device_name(device)} (compute capability {cap}): this GPU has "
+                          "no bf16 tensor cores, so bf16 runs several times slower than fp16; precision='auto' "
+                          "picks fp16 with a gradient scaler here", stacklevel=3)
+        return device, precision
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
     try:
-        with open(tmp, "wb") as f:
-            if isinstance(obj, (str, bytes)):
-                f.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first (python -m irnet_lib.train ...)")
-    # Only tensors and plain Python types are stored, so the safe loader suffices.
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(f"{path} is not a checkpoint of this training loop "
-                                      f"(format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def _model_signature(model: nn.Module) -> str:
-    """A short hash of the parameter/buffer names and shapes: differs between the three blocks."""
-    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _mismatch(stored: dict, current: dict) -> list[str]:
-    keys = sorted(set(stored) | set(current))
-    return [f"{k}: checkpoint has {stored.get(k)!r}, this run has {current.get(k)!r}"
-            for k in keys if stored.get(k) != current.get(k)]
-
-
-# ----------------------------------------------------------------------------------- helpers
 
 def hardware_name(device: torch.device | str = "cpu") -> str:
-    """'NVIDIA H100 ...' for a GPU, else the CPU model from /proc/cpuinfo and the core count."""
+    """'NVIDIA H100 ...' for a GPU, else the CPU model, its cores and torch's threads."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _world():
@@ -156,332 +150,324 @@ def _world():
     return 0, 1
 
 
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if _world()[1] > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        dist.all_reduce(t)
     return t
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rng_state(device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _write_history(out_dir: Path, rows: list[dict], meta: dict):
-    import pandas as pd
-    atomic_save(pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"), out_dir / "history.csv")
-    atomic_save(json.dumps({"meta": meta, "epochs": rows}, indent=1, default=str) + "\n",
-                out_dir / "history.json")
-
-
-def read_history(path) -> Run:
-    """A stored run (``history.json``, or the folder holding it) as a ``Run`` without a model."""
-    import pandas as pd
-    path = Path(path)
-    if path.is_dir():
-        path = path / "history.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no history at {path}; run python -m irnet_lib.train ... first")
-    d = json.loads(path.read_text())
-    return Run(pd.DataFrame(d["epochs"]), d["meta"], None, path.parent)
+def _autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 # ----------------------------------------------------------------------------------- the loop
 
-def _autocast(device: torch.device, precision: str):
-    """A factory of the context that each forward pass runs in: bf16 autocast, or nothing."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+class EagerStep:
+    """``logits, loss = step(x, y)``: forward (in autocast), backward and optimizer step on one batch.
+
+    The gradient scaler is on for fp16 only (elsewhere it is a pass-through); ``skipped`` counts the
+    steps it skipped because the scaled gradients overflowed, as it lowers the scale."""
+
+    def __init__(self, model, optimizer, loss_fn, device, precision):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.device, self.precision = device, precision
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.skipped = 0
+
+    def __call__(self, x, y):
+        with _autocast(self.device, self.precision):
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if scale is not None and self.scaler.get_scale() < scale:
+            self.skipped += 1
+        return logits, loss
 
 
-def _use_cuda_graph(cuda_graph: bool | None, device: torch.device, compile: bool, world: int) -> bool:
-    """Whether ``fit`` captures its steps as a CUDA graph: ``None`` decides, ``True`` insists."""
-    if cuda_graph is None:
-        return graphs_available(device) and not compile and world == 1
-    if cuda_graph:
-        if not graphs_available(device):
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}: leave it unset (automatic) "
-                             "or pass cuda_graph=False")
-        if compile:
-            raise ValueError("cuda_graph=True with compile=True: torch.compile brings its own CUDA graphs "
-                             "(compile_kwargs={'mode': 'reduce-overhead'}); pick one of the two")
-        if world > 1:
-            raise ValueError(f"cuda_graph=True with {world} processes: graphed steps are single-process "
-                             "here (DDP's gradient hooks run outside the graph); leave it unset under torchrun")
-    return bool(cuda_graph)
+def train_one_epoch(step, loader, *, channels_last=True, after_step=None, sync_every=1, desc="", show=True):
+    """One pass over ``loader``: ``step(x, y)`` on every batch, then ``after_step()`` (a per-iteration
+    lr schedule, the EMA). Returns (summed loss, correct predictions, images), over all processes.
+    The running numbers are read every ``sync_every`` steps: a non-finite loss stops the epoch there."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+    stats, t0 = None, time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits, loss = step(x, y)
+        if after_step is not None:
+            after_step()
+        with torch.no_grad():   # bookkeeping on the device, no host synchronisation
+            if stats is None:
+                stats = torch.zeros(3, device=loss.device, dtype=torch.float64)
+            stats[0] += loss.detach().double() * y.numel()
+            stats[1] += (logits.argmax(1) == y).sum()
+            stats[2] += y.numel()
+        bar.update()
+        if (i + 1) % sync_every == 0 or i + 1 == len(loader):
+            total = _all_reduce(stats.clone()).tolist()
+            if not math.isfinite(total[0]):
+                bar.close()
+                raise NonFiniteError(f"the training loss became non-finite by step {i} of {len(loader)}", step=i)
+            bar.set_postfix(loss=f"{total[0] / total[2]:.3f}", acc=f"{100 * total[1] / total[2]:.1f}%",
+                            img_s=f"{total[2] / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    return total
 
 
-def _capture(model, loss_fn, x, y, precision: str, strict: bool):
-    """A GraphedStep from the first batch, or ``None`` (with a warning) where capture fails and
-    graphs were not insisted on."""
-    try:
-        return GraphedStep(model, loss_fn, x, y, autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
-    except Exception as e:
-        if strict:
-            raise
-        warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                      "training eagerly. Pass cuda_graph=False to skip the attempt.", stacklevel=3)
-        return None
-
-
-def _test_sums(model, loader, device, autocast, channels_last) -> torch.Tensor:
-    """(summed cross-entropy, correct, images) over ``loader``, on the device (no host sync)."""
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
-    with torch.inference_mode(), autocast():
+def evaluate(model: nn.Module, loader, *, precision: str = "fp32", channels_last: bool = True) -> dict:
+    """Test loss and accuracy (%) of ``model`` (on the loader's device) over ``loader``, in eval mode."""
+    model.eval()
+    sums = None
+    with torch.inference_mode():
         for x, y in loader:
+            if sums is None:
+                sums = torch.zeros(3, device=x.device, dtype=torch.float64)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
+            with _autocast(x.device, precision):
+                logits = model(x)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += y.numel()
-    return sums
+    loss, correct, n = _all_reduce(sums).tolist()
+    return {"loss": loss / max(n, 1), "acc": 100 * correct / max(n, 1), "images": int(n)}
+
+
+def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), *, out_dir=None,  # noqa: B008
+        meta: dict | None = None, runtime: Runtime | None = None, **runtime_fields) -> Run:
+    """Train ``model`` with ``recipe``; checkpoint, record and resume in ``out_dir`` (a path or a
+    :class:`~irnet_lib.runs.RunFolder`; ``None`` keeps nothing). ``runtime``, or any of its fields as
+    keywords (``precision="fp32"``, ``fast=True``...), says how (:class:`Runtime`). ``meta`` says what
+    the run is; its ``"config"`` entry must match a checkpoint to resume from it."""
+    rt = replace(runtime or Runtime(), **runtime_fields)
+    device, precision = rt.resolve(model)
+    rank, world = _world()
+    folder = RunFolder(out_dir, write=rank == 0) if isinstance(out_dir, (str, Path)) else out_dir
+    model = model.to(device, memory_format=torch.channels_last if rt.channels_last else torch.preserve_format)
+    steps = _check_data(model, train_loader, test_loader, rt.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, steps)
+    meta = _run_meta(meta, model, recipe, rt, device, precision, train_loader)
+    ema = _ema(model, recipe)
+    history, best_acc, best_epoch = [], -math.inf, None
+    ckpt = folder.resume(meta["config"], device) if folder is not None and rt.resume else None
+    with fast.enabled(rt.fast, keep_freed_memory=device.type == "cpu"):
+        step = _make_step(model, optimizer, functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing),
+                          device, precision, rt, world)
+        if ckpt is not None:
+            history, best_acc, best_epoch = _restore(ckpt, model, optimizer, scheduler, step, ema, device, meta)
+            folder.repair(ckpt, meta)
+        eval_model = torch.compile(model) if rt.compile else model
+        after_step = functools.partial(_after_step, scheduler if recipe.lr_step == "iteration" else None, ema, model)
+        end = recipe.train_num_epochs if rt.max_epochs is None else min(recipe.train_num_epochs,
+                                                                         len(history) + rt.max_epochs)
+        for epoch in range(len(history), end):
+            lr = optimizer.param_groups[0]["lr"]
+            train_loader.set_epoch(epoch)
+            if hasattr(test_loader, "set_epoch"):
+                test_loader.set_epoch(epoch)
+            model.train()
+            t0 = time.perf_counter()
+            skipped = getattr(step, "skipped", 0)
+            try:
+                tr = train_one_epoch(step, train_loader, channels_last=rt.channels_last, after_step=after_step,
+                                     sync_every=rt.sync_every or (1 if device.type == "cpu" else 50),
+                                     desc=f"{rt.label} epoch {epoch + 1}/{recipe.train_num_epochs}".strip(),
+                                     show=rank == 0 and not rt.quiet)
+                train_seconds = time.perf_counter() - t0
+                te = evaluate(eval_model, test_loader, precision=precision, channels_last=rt.channels_last)
+                if ema is not None:
+                    te_ema = _evaluate_ema(ema, train_loader, test_loader, epoch, precision, rt.channels_last)
+                if recipe.lr_step == "epoch":
+                    scheduler.step()
+                _check_finite(te["loss"], model)
+            except NonFiniteError as e:
+                raise e.stopped(epoch, lr, history, folder) from None
+            row = _row(epoch, lr, tr, te, train_seconds, time.perf_counter() - t0, history)
+            if ema is not None:
+                row.update(test_loss_ema=te_ema["loss"], test_acc_ema=te_ema["acc"])
+            if precision == "fp16":
+                row["skipped_steps"] = step.skipped - skipped
+            history.append(row)
+            improved = row["test_acc"] > best_acc
+            if improved:
+                best_acc, best_epoch = row["test_acc"], epoch
+            meta.update(cuda_graph=bool(getattr(step, "captured", False)), fast=fast.status() if rt.fast else False)
+            if folder is not None:
+                folder.save(_checkpoint(meta, epoch, model, optimizer, scheduler, step, ema, history, best_acc,
+                                        best_epoch, device), improved, meta)
+            if world > 1:
+                dist.barrier()
+            if rank == 0 and not rt.quiet:
+                _print_epoch(row, rt.label, recipe.train_num_epochs)
+    import pandas as pd
+    return Run(pd.DataFrame(history), dict(meta, epochs_done=len(history)), model,
+               folder.path if folder is not None else None)
+
+
+# ----------------------------------------------------------------------------------- fit's helpers
+
+def _check_data(model, train_loader, test_loader, channels_last) -> int:
+    """Batches per epoch, after one forward pass of a test batch: a model that cannot take the
+    data's images, or whose output width is not the data's class count, is refused before training."""
+    steps = len(train_loader)
+    if steps < 1:
+        raise ValueError("the training loader is empty: use more images or a smaller batch")
+    x, y = next(iter(test_loader))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            x = x[:2].contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x[:2]
+            width = model.eval()(x).shape[-1]
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"the model cannot take the data's images {tuple(x.shape)} ({str(e).splitlines()[0][:160]}); "
+                         "build it for this data (3-channel 56x56 images for IR-NET)") from None
+    finally:
+        model.train(was_training)
+    classes = getattr(train_loader, "num_classes", None)
+    if classes is not None and width != classes:
+        raise ValueError(f"the model has {width} outputs but the data has {classes} classes; build it with "
+                         f"num_classes={classes}")
+    return steps
+
+
+def _model_signature(model: nn.Module) -> str:
+    """A short hash of the parameter/buffer names and shapes: differs between the three blocks."""
+    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _run_meta(meta, model, recipe, rt, device, precision, train_loader) -> dict:
+    meta = dict(meta or {})
+    config = dict(meta.get("config", {}), recipe=recipe.to_dict(), model=_model_signature(model))
+    world = _world()[1]
+    meta.update(config=config, precision=precision, channels_last=rt.channels_last, compile=rt.compile,
+                device=str(device), hardware=hardware_name(device),
+                world_size=world, torch=torch.__version__, python=platform.python_version(),
+                train_images_per_epoch=getattr(train_loader, "num_samples", 0) * world or None,
+                faithful_recipe=recipe.faithful)
+    return meta
+
+
+def _ema(model, recipe):
+    """An exponential moving average of the weights (beyond the paper; off unless the recipe asks)."""
+    if not recipe.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    # Weights only. Averaging the BN running statistics as well (use_buffers=True) gave
+    # chance-level accuracy on a 5-epoch CPU run: statistics averaged over a fast-moving
+    # network do not describe the averaged weights. They are re-estimated before each test.
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=False)
 
 
 EMA_BN_BATCHES = 32
 
 
-def _reestimate_bn(model, train_loader, epoch, autocast, batches=EMA_BN_BATCHES):
-    """The BN running statistics of ``model`` recomputed (plain averages) on the first ``batches``
-    training batches of ``epoch``: the statistics of these weights, not of the trained ones."""
-    import itertools
+def _evaluate_ema(ema, train_loader, test_loader, epoch, precision, channels_last) -> dict:
+    """The EMA weights tested, after their BN statistics are recomputed on the first
+    ``EMA_BN_BATCHES`` training batches of ``epoch`` (the same ones in every session: exact resume)."""
     from torch.optim.swa_utils import update_bn
-    train_loader.set_epoch(epoch)   # the same batches in every session: resuming stays exact
-    with torch.no_grad(), autocast():
-        update_bn(itertools.islice(train_loader, batches), model)
+    train_loader.set_epoch(epoch)
+    device = next(ema.module.parameters()).device
+    with torch.no_grad(), _autocast(device, precision):
+        update_bn(itertools.islice(train_loader, EMA_BN_BATCHES), ema.module)
+    return evaluate(ema.module, test_loader, precision=precision, channels_last=channels_last)
 
 
-def evaluate(model: nn.Module, loader, *, device=None, precision: str = "fp32", channels_last: bool = True) -> dict:
-    """Test loss and accuracy (%) of ``model`` on ``loader``, the way ``fit`` measures them each epoch."""
-    device = torch.device(device or next(model.parameters()).device)
-    autocast = _autocast(device, precision)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
-    loss, correct, n = _test_sums(model, loader, device, autocast, channels_last).tolist()
-    return {"loss": loss / max(n, 1), "acc": 100 * correct / max(n, 1), "images": int(n)}
+def _after_step(scheduler, ema, model):
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update_parameters(model)
 
 
-def fit(model: nn.Module, train_loader, test_loader, recipe: Recipe = Recipe(), *, out_dir=None,
-        meta: dict | None = None, device=None, precision: str = "auto", channels_last: bool | None = None,
-        compile: bool = False, compile_kwargs: dict | None = None, cuda_graph: bool | None = None,
-        resume: bool = True,
-        max_epochs: int | None = None, quiet: bool = False, sync_every: int | None = None,
-        label: str = "") -> Run:
-    """Train ``model`` with ``recipe``; checkpoint, record and resume in ``out_dir``.
-
-    Args:
-        train_loader, test_loader: loaders of the data contract (``irnet_lib.data.make_loader``).
-        out_dir: folder for ``last.pt``, ``best.pt`` and the history; ``None`` keeps nothing.
-        meta: what the run is (variant, dataset, sizes...); its ``"config"`` entry, together with
-            the recipe and the model's layout, must match a checkpoint to resume from it.
-        precision: "auto" (bf16 autocast on a GPU, fp32 on a CPU), "bf16" or "fp32".
-        channels_last: NHWC memory format (default on): the fast layout for depthwise convs on
-            GPUs and on CPUs alike (about 1.5x on a 2-core CPU, see ``irnet_lib.bench``).
-        compile: wrap the model in ``torch.compile(**compile_kwargs)``.
-        cuda_graph: replay each step's forward and backward as one CUDA graph
-            (:class:`~irnet_lib.graphs.GraphedStep`). Default: on for a single CUDA process
-            without ``compile`` (falling back to eager, with a warning, if capture fails).
-        resume: continue from ``out_dir/last.pt`` when it exists (``False``: start over).
-        max_epochs: stop after this many epochs *in this call* (a time-boxed session); calling
-            again resumes. The schedule always spans ``recipe.train_num_epochs``.
-        sync_every: steps between the host reads of the running loss (the non-finite check, the
-            progress bar's numbers). Default 1 on a CPU, where a read costs nothing, 50 on a GPU.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    device = torch.device(device or next(model.parameters()).device)
-    rank, world = _world()
-    is_main = rank == 0
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    autocast = _autocast(device, precision)   # checks precision before any work
-    channels_last = True if channels_last is None else channels_last
-    sync_every = sync_every or (1 if device.type == "cpu" else 50)
-    use_graph = _use_cuda_graph(cuda_graph, device, compile, world)
-    if device.type == "cpu":
-        reuse_freed_memory()  # ~1.4x on a CPU step: see irnet_lib.allocator
-    out_dir = Path(out_dir) if out_dir is not None else None
-    steps = len(train_loader)
-    if steps < 1:
-        raise ValueError("the training loader is empty: use more images or a smaller batch")
-
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps)
-    per_iteration = recipe.lr_step == "iteration"
-
-    meta = dict(meta or {})
-    config = dict(meta.get("config", {}), recipe=recipe.to_dict(), model=_model_signature(model))
-    meta.update(config=config, precision=precision, channels_last=channels_last, compile=compile, cuda_graph=use_graph,
-                device=str(device), hardware=hardware_name(device), world_size=world,
-                allocator=allocator_state(),
-                torch=torch.__version__, python=platform.python_version(),
-                train_images_per_epoch=(train_loader.num_samples * world
-                                        if hasattr(train_loader, "num_samples") else None),
-                faithful_recipe=recipe.faithful)
-
-    history, start_epoch, best_acc, ckpt_ema = [], 0, -math.inf, None
-    last_path = out_dir / "last.pt" if out_dir else None
-    if last_path is not None and resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        problems = _mismatch(ckpt["config"], config)
-        if problems:
-            raise CheckpointMismatchError(
-                f"refusing to resume from {last_path}: it belongs to another run ("
-                + "; ".join(problems) + "). Use another out_dir, or resume=False / --restart to start over.")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device)
-        history, best_acc = list(ckpt["history"]), ckpt["best_acc"]
-        ckpt_ema = ckpt.get("ema")
-        start_epoch = ckpt["epoch"] + 1
-        meta["resumed_at_epochs"] = list(ckpt.get("resumed_at_epochs", [])) + [start_epoch]
-
-    ema = None
-    if recipe.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        # Weights only. Averaging the BN running statistics as well (use_buffers=True) gave
-        # chance-level accuracy on a 5-epoch CPU run: statistics averaged over a fast-moving
-        # network do not describe the averaged weights. They are re-estimated before each test.
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=False)
-        if ckpt_ema is not None:
-            ema.load_state_dict(ckpt_ema)
-
-    # The wrappers (compile, DDP) are for the steps; weights are saved from the plain module.
+def _make_step(model, optimizer, loss_fn, device, precision, rt, world):
+    """The step ``fit`` runs: eager, or (the fast layer, one GPU) replayed as a CUDA graph."""
     step_model = model
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile:
-        step_model = torch.compile(step_model, **(compile_kwargs or {}))
-        eval_model = torch.compile(model, **(compile_kwargs or {}))
-    else:
-        eval_model = model
-    memfmt = torch.channels_last if channels_last else torch.contiguous_format
-    loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
-    graphed = None   # captured from this call's first batch
+    if rt.compile:
+        step_model = torch.compile(step_model)
+    eager = EagerStep(step_model, optimizer, loss_fn, device, precision)
+    why_not = ("a CUDA device" if device.type != "cuda" else "one process" if world > 1 else
+               "no torch.compile (it brings its own graphs)" if rt.compile else
+               "bf16 or fp32 (fp16's gradient scaler reads its overflow flag on the host)" if precision == "fp16"
+               else None)
+    if rt.cuda_graph is True and why_not:
+        raise ValueError(f"cuda_graph=True needs {why_not}; leave it unset (automatic) or pass cuda_graph=False")
+    if rt.cuda_graph is False or why_not or not (rt.fast or rt.cuda_graph):
+        if rt.fast and precision == "fp16" and device.type == "cuda" and rt.cuda_graph is None:
+            warnings.warn("fp16: training eagerly, without CUDA graphs (the gradient scaler reads its overflow "
+                          "flag on the host every step)", stacklevel=3)
+        return eager
+    from .fast.graphs import GraphedTrainingStep
+    return GraphedTrainingStep(model, optimizer, loss_fn, precision, eager, strict=rt.cuda_graph is True)
 
-    end_epoch = recipe.train_num_epochs if max_epochs is None else min(recipe.train_num_epochs,
-                                                                       start_epoch + max_epochs)
-    elapsed = history[-1]["elapsed_seconds"] if history else 0.0
-    show = is_main and not quiet
-    no_bad = torch.iinfo(torch.int64).max
-    for epoch in range(start_epoch, end_epoch):
-        lr_epoch = optimizer.param_groups[0]["lr"]
-        train_loader.set_epoch(epoch)
-        model.train()
-        stats = torch.zeros(3, device=device, dtype=torch.float64)   # loss sum, correct, images
-        first_bad = torch.full((), no_bad, device=device, dtype=torch.int64)
-        _sync(device)
-        t0 = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"{label} epoch {epoch + 1}/{recipe.train_num_epochs}".strip(),
-                   leave=False, disable=not show, dynamic_ncols=True)
-        for step, (x, y) in enumerate(train_loader):
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=memfmt)
-            if use_graph and graphed is None:
-                graphed = _capture(model, loss_fn, x, y, precision, strict=bool(cuda_graph))
-                use_graph = meta["cuda_graph"] = graphed is not None
-            if graphed is not None:
-                logits, loss = graphed(x, y)
-            else:
-                with autocast():
-                    logits = step_model(x)
-                    loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            if per_iteration:
-                scheduler.step()
-            with torch.no_grad():   # device-side bookkeeping: no host synchronisation here
-                lf = loss.detach().float()
-                stats[0] += lf * y.numel()
-                stats[1] += (logits.argmax(1) == y).sum()
-                stats[2] += y.numel()
-                first_bad.masked_fill_(~torch.isfinite(lf) & (first_bad == no_bad), step)
-            bar.update(1)
-            if (step + 1) % sync_every == 0 or step + 1 == steps:
-                bad = int(_all_reduce(first_bad.clone(), dist.ReduceOp.MIN if world > 1 else None))
-                if bad != no_bad:
-                    bar.close()
-                    kept = (f"the last good checkpoint ({last_path}, after epoch {history[-1]['epoch']}) is kept"
-                            if history and last_path is not None else "no checkpoint had been written yet")
-                    raise NonFiniteLossError(
-                        f"non-finite training loss at epoch {epoch} step {bad} (0-based; {steps} steps per "
-                        f"epoch, lr {lr_epoch:.4g}): the run stopped and {kept}. Lower train_lr_max, "
-                        f"check the data for NaNs, or use precision='fp32'.", epoch, bad)
-                if show:
-                    s = stats.tolist()
-                    bar.set_postfix(loss=f"{s[0] / s[2]:.3f}", acc=f"{100 * s[1] / s[2]:.1f}%",
-                                    img_s=f"{s[2] * world / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        _sync(device)
-        train_seconds = time.perf_counter() - t0
-        tr = _all_reduce(stats).tolist()
 
-        if hasattr(test_loader, "set_epoch"):
-            test_loader.set_epoch(epoch)
-        model.eval()
-        te = _all_reduce(_test_sums(eval_model, test_loader, device, autocast, channels_last)).tolist()
-        if ema is not None:
-            _reestimate_bn(ema.module, train_loader, epoch, autocast)
-            ema.eval()
-            te_ema = _all_reduce(_test_sums(ema.module, test_loader, device, autocast, channels_last)).tolist()
-        if not per_iteration:
-            scheduler.step()
-        _sync(device)
-        epoch_seconds = time.perf_counter() - t0
-        elapsed += epoch_seconds
-        row = {"epoch": epoch, "lr": lr_epoch,
-               "train_loss": tr[0] / tr[2], "train_acc": 100 * tr[1] / tr[2],
-               "test_loss": te[0] / max(te[2], 1), "test_acc": 100 * te[1] / max(te[2], 1),
-               "train_images": int(tr[2]), "test_images": int(te[2]),
-               "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
-               "train_images_per_s": tr[2] / train_seconds, "elapsed_seconds": elapsed}
-        if ema is not None:
-            row.update(test_loss_ema=te_ema[0] / max(te_ema[2], 1),
-                       test_acc_ema=100 * te_ema[1] / max(te_ema[2], 1))
-        history.append(row)
-        improved = row["test_acc"] > best_acc
-        best_acc = max(best_acc, row["test_acc"])
-        if out_dir is not None and is_main:
-            ckpt = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(device), "history": history, "best_acc": best_acc,
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "resumed_at_epochs": meta.get("resumed_at_epochs", [])}
-            atomic_save(ckpt, out_dir / "last.pt")
-            if improved:
-                atomic_save(ckpt, out_dir / "best.pt")
-            meta["epochs_done"] = epoch + 1
-            _write_history(out_dir, history, meta)
-        if world > 1:
-            dist.barrier()
-        if show:
-            tqdm.write(f"{label + ' ' if label else ''}epoch {epoch:>2} lr {lr_epoch:.5f} | train loss "
-                       f"{row['train_loss']:.4f} acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} "
-                       f"acc {row['test_acc']:.2f}% | {epoch_seconds:.1f} s, {row['train_images_per_s']:.1f} img/s")
-    meta["epochs_done"] = len(history)
-    return Run(pd.DataFrame(history), meta, model, out_dir)
+def _restore(ckpt, model, optimizer, scheduler, step, ema, device, meta):
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler = getattr(step, "scaler", None)
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    random.setstate(ckpt["rng"]["python"])
+    if device.type == "cuda" and "cuda" in ckpt["rng"]:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    meta["resumed_at_epochs"] = list(ckpt.get("resumed_at_epochs", [])) + [ckpt["epoch"] + 1]
+    return list(ckpt["history"]), ckpt["best_acc"], ckpt.get("best_epoch")
+
+
+def _checkpoint(meta, epoch, model, optimizer, scheduler, step, ema, history, best_acc, best_epoch, device) -> dict:
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    scaler = getattr(step, "scaler", None)
+    return {"format": CHECKPOINT_FORMAT, "config": meta["config"], "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "rng": rng, "history": history, "best_acc": best_acc, "best_epoch": best_epoch,
+            "ema": ema.state_dict() if ema is not None else None,
+            "resumed_at_epochs": meta.get("resumed_at_epochs", [])}
+
+
+def _check_finite(test_loss, model):
+    """Before an epoch is saved: its test loss and every weight and BN statistic must be finite."""
+    if not math.isfinite(test_loss):
+        raise NonFiniteError(f"the test loss is {test_loss}")
+    with torch.no_grad():
+        bad = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteError(f"{len(bad)} weight tensors became non-finite (first: {bad[0]})")
+
+
+TIMING_COLUMNS = ("epoch_seconds", "train_seconds", "train_images_per_s", "elapsed_seconds")
+
+
+def _row(epoch, lr, tr, te, train_seconds, epoch_seconds, history) -> dict:
+    return {"epoch": epoch, "lr": lr, "train_loss": tr[0] / tr[2], "train_acc": 100 * tr[1] / tr[2],
+            "test_loss": te["loss"], "test_acc": te["acc"], "train_images": int(tr[2]), "test_images": te["images"],
+            "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
+            "train_images_per_s": tr[2] / train_seconds,
+            "elapsed_seconds": (history[-1]["elapsed_seconds"] if history else 0.0) + epoch_seconds}
+
+
+def _print_epoch(row, label, epochs):
+    from tqdm.auto import tqdm
+    tqdm.write(f"{label + ' ' if label else ''}epoch {row['epoch']:>2}/{epochs} lr {row['lr']:.5f} | train loss "
+               f"{row['train_loss']:.4f} acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} "
+               f"acc {row['test_acc']:.2f}% | {row['epoch_seconds']:.1f} s, {row['train_images_per_s']:.1f} img/s")
 
 
 # ----------------------------------------------------------------------------------- IR-NET runs
@@ -496,41 +482,48 @@ def _init_distributed(device):
     rank, world = _world()
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    return torch.device(device), rank, world
+    return str(device), rank, world
 
 
-def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recipe | None = None,
-          out_dir=None, root="data", download: bool = False, train_subset: int | None = None,
-          test_subset: int | None = None, seed: int = 0, device=None, pipeline: str = "auto", model_kwargs: dict | None = None,
-          num_workers: int | None = None, **fit_kwargs) -> Run:
+def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recipe | None = None, out_dir=None,
+          root="data", download: bool = False, train_subset: int | None = None, test_subset: int | None = None,
+          seed: int = 0, pipeline: str = "auto", num_workers: int | None = None, model_kwargs: dict | None = None,
+          runtime: Runtime | None = None, **runtime_fields) -> Run:
     """Train IR-NET with ``block`` on a dataset of ``irnet_lib.data`` (a name, or an ``ImageData``).
 
-    The recipe's class count follows the data (Table 2's 100 is ImageNet-100's). Under
-    ``torchrun`` each of the N processes takes ``recipe.data_batch_size / N`` images per step,
-    so the global batch, and with it the results' meaning, stays the recipe's.
-    Extra keyword arguments go to ``fit`` (precision, compile, max_epochs, quiet, resume...).
+    The recipe's class count follows the data (Table 2's 100 is ImageNet-100's). Under ``torchrun``
+    each of the N processes takes ``recipe.data_batch_size / N`` images per step, so the global
+    batch, and with it the results' meaning, stays the recipe's. ``runtime`` or its fields as
+    keywords (``fast=True``, ``precision=...``, ``max_epochs=...``) go to ``fit``. The run folder
+    and the arguments are checked before any data is loaded.
     """
     from . import irnet
-    from .data import load_dataset, make_loader
+    from .blocks import BLOCKS
+    from .data import DATASETS, load_dataset, make_loader
 
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
+    if isinstance(data, str) and data not in DATASETS:
+        raise ValueError(f"unknown dataset {data!r}; choose one of {list(DATASETS)}")
     recipe = recipe or Recipe()
-    device, rank, world = _init_distributed(device)
+    rt = replace(runtime or Runtime(), **runtime_fields)
+    device, rank, world = _init_distributed(rt.device)
+    rt = replace(rt, device=device, label=rt.label or block)
+    folder = RunFolder(out_dir, write=rank == 0) if out_dir is not None else None
+    if recipe.data_batch_size % world:
+        raise ValueError(f"the global batch {recipe.data_batch_size} does not split over {world} processes; "
+                         f"pick a batch size divisible by the number of processes")
     if isinstance(data, str):
         data = load_dataset(data, root, download=download, train_subset=train_subset,
                             test_subset=test_subset, seed=seed)
     if data.num_classes != recipe.data_num_classes:
         recipe = replace(recipe, data_num_classes=data.num_classes)
-    if recipe.data_batch_size % world:
-        raise ValueError(f"the global batch {recipe.data_batch_size} does not split over {world} processes; "
-                         f"pick a batch size divisible by the number of processes")
     batch = recipe.data_batch_size // world
     torch.manual_seed(seed)   # the same initial weights on every rank and in every resumed session
     model = irnet(block, num_classes=data.num_classes, **(model_kwargs or {}))
-    cl = fit_kwargs.get("channels_last")
-    cl = True if cl is None else cl
     loaders = [make_loader(data, split, batch, device=device, pipeline=pipeline, seed=seed, rank=rank,
-                           world_size=world, channels_last=cl, num_workers=num_workers, test_crop=recipe.test_crop)
-               for split in ("train", "test")]
+                           world_size=world, channels_last=rt.channels_last, num_workers=num_workers,
+                           test_crop=recipe.test_crop) for split in ("train", "test")]
     config = {"block": block, "dataset": data.name, "train_size": len(data.train), "test_size": len(data.test),
               "num_classes": data.num_classes, "seed": seed, "model_kwargs": model_kwargs or {},
               "pipeline": pipeline}
@@ -538,17 +531,58 @@ def train(block: str = "standard", data="fashion-mnist-sample", *, recipe: Recip
             "test_size": len(data.test), "train_subset": train_subset, "test_subset": test_subset,
             "num_classes": data.num_classes, "seed": seed, "batch_per_process": batch,
             "parameters": sum(p.numel() for p in model.parameters()), "config": config,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    return fit(model, *loaders, recipe, out_dir=out_dir, meta=meta, device=device, label=block, **fit_kwargs)
+            "pipeline": loaders[0].describe(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return fit(model, *loaders, recipe, out_dir=folder, meta=meta, runtime=rt)
 
 
-def add_device_arguments(p: argparse.ArgumentParser) -> None:
-    """Where and how fast to train: the flags ``train`` and ``reproduce`` share."""
-    p.add_argument("--device", default=None, help="default: cuda where there is a GPU, else cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each step as one CUDA graph (default: on for one GPU without --compile)")
+# ----------------------------------------------------------------------------------- command line
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Which data: the flags ``train`` and ``reproduce`` share."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fashion-mnist-sample", help="a name of irnet_lib.data.DATASETS")
+    g.add_argument("--root", default="data", help="data folder (see irnet_lib.data.load_dataset)")
+    g.add_argument("--download", action="store_true", help="fetch the dataset where there is internet")
+    g.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training set")
+    g.add_argument("--test-subset", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--pipeline", default="auto", choices=["auto", "tensor", "torchvision"])
+    g.add_argument("--workers", type=int, default=None, help="worker processes of the torchvision pipeline")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """Where and how: the flags ``train`` and ``reproduce`` share (the fields of :class:`Runtime`)."""
+    g = p.add_argument_group("how it runs (Runtime)")
+    g.add_argument("--device", default=None, help="default: cuda where there is a GPU, else cpu")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 on GPUs that have it, fp16 (loss scaling) on older GPUs, fp32 on a CPU")
+    g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="the fast layer, irnet_lib.fast (default on; --no-fast: the plain teaching code)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step as one CUDA graph (default: with --fast on one GPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this session")
+    g.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    g.add_argument("--quiet", action="store_true")
+
+
+def runtime_from_args(args) -> Runtime:
+    return Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last, fast=args.fast,
+                   compile=args.compile, cuda_graph=args.cuda_graph, max_epochs=args.max_epochs,
+                   resume=not args.restart, quiet=args.quiet)
+
+
+def check_data_arguments(args) -> None:
+    from .data import DATASETS
+    if args.data not in DATASETS:
+        raise ValueError(f"--data must be one of {list(DATASETS)}, got {args.data!r}")
+    for name in ("train_subset", "test_subset"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (or left out for the whole split), got {v}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: load in the main process), got {args.workers}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -557,58 +591,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Train IR-NET with the paper's Table 2 recipe; running the same command again resumes.",
         epilog="Several GPUs: torchrun --nproc_per_node=N -m irnet_lib.train ... (global batch kept).")
     p.add_argument("--block", default="standard", choices=["standard", "se", "condconv"])
-    p.add_argument("--data", default="fashion-mnist-sample", help="a name of irnet_lib.data.DATASETS")
-    p.add_argument("--root", default="data", help="data folder (see irnet_lib.data.load_dataset)")
-    p.add_argument("--download", action="store_true", help="fetch the dataset where there is internet")
-    p.add_argument("--out", default=None, help="run folder (default results/<data>/<block>)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="compress the schedule's shape into this many epochs (default: Table 2's 55)")
-    p.add_argument("--warmup-epochs", type=int, default=None,
-                   help="warm-up epochs of a compressed schedule (default: 5 x epochs / 55, at least 1)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="global batch; the peak lr scales with it (linear rule) unless --lr-max is given")
-    p.add_argument("--lr-max", type=float, default=None)
-    p.add_argument("--lr-step", choices=["epoch", "iteration"], default="epoch")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="beyond the paper (default 0)")
-    p.add_argument("--ema-decay", type=float, default=0.0,
-                   help="also test an exponential moving average of the weights, e.g. 0.999 (beyond the paper)")
-    p.add_argument("--test-crop", type=int, default=56,
-                   help="test images' centre crop; 64 evaluates the whole image (beyond the paper; default 56)")
-    p.add_argument("--train-subset", type=int, default=None, help="stratified subset of the training set")
-    p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    add_device_arguments(p)
-    p.add_argument("--pipeline", default="auto", choices=["auto", "tensor", "torchvision"])
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this session")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, help="run folder (default runs/<data>/<block>)")
+    add_data_arguments(p)
+    add_recipe_arguments(p)
+    add_runtime_arguments(p)
     return p
 
 
-def recipe_from_args(args) -> Recipe:
-    recipe = Recipe(lr_step=args.lr_step, label_smoothing=args.label_smoothing,
-                    test_crop=getattr(args, "test_crop", 56), ema_decay=getattr(args, "ema_decay", 0.0))
-    if args.batch_size is not None:
-        recipe = recipe.scaled_to_batch(args.batch_size)
-    if args.lr_max is not None:
-        recipe = replace(recipe, train_lr_max=args.lr_max)
-    if args.epochs is not None:
-        warm = args.warmup_epochs if args.warmup_epochs is not None else max(1, round(5 * args.epochs / 55))
-        recipe = recipe.compressed(args.epochs, warm)
-    return recipe
-
-
 def main(argv=None) -> Run:
-    args = _parser().parse_args(argv)
-    recipe = recipe_from_args(args)
-    out = args.out or os.path.join("results", args.data, args.block)
-    run = train(args.block, args.data, recipe=recipe, out_dir=out, root=args.root, download=args.download,
-                train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
-                device=args.device, pipeline=args.pipeline, num_workers=args.workers,
-                precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                cuda_graph=args.cuda_graph, resume=not args.restart, max_epochs=args.max_epochs, quiet=args.quiet)
+    p = _parser()
+    args = p.parse_args(argv)
+    out = args.out or os.path.join("runs", args.data, args.block)
+    try:
+        recipe, runtime = recipe_from_args(args), runtime_from_args(args)
+        check_data_arguments(args)
+        run = train(args.block, args.data, recipe=recipe, out_dir=out, root=args.root, download=args.download,
+                    train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                    pipeline=args.pipeline, num_workers=args.workers, runtime=runtime)
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, NonFiniteError) as e:
+        sys.exit(f"{p.prog}: error: {e}")
     if _world()[0] == 0 and len(run.history):
         print(f"{args.block} on {run.meta['dataset']}: best {run.best_accuracy:.2f} %, final "
               f"{run.final_accuracy:.2f} % after {len(run.history)} epochs, "

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from irnet_lib import bench
+from benchmarks import bench
 
 TINY = ["--short", "--batch", "2", "--infer-batch", "3", "--image-size", "32", "--reps", "2", "--warmup", "1",
-        "--variants", "se", "condconv", "--modes", "eager", "channels_last"]
+        "--variants", "se", "condconv", "--modes", "eager", "fast"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
     # which code computed CondConv is part of what was measured
     assert saved["hardware"]["cpu_matmul"] and saved["hardware"]["cpu_depthwise"]
     assert {(r["variant"], r["mode"]) for r in saved["rows"]} == {
-        (v, m) for v in ("se", "condconv") for m in ("eager", "channels_last")}
+        (v, m) for v in ("se", "condconv") for m in ("eager", "fast")}
     for row in saved["rows"]:
         assert row["train_img_s"] > 0 and row["infer_img_s"] > 0 and row["latency_ms"]["median"] > 0
         assert len(row["raw_s"]["train"]) == 2   # one time per repetition
@@ -34,8 +34,8 @@ def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
         assert lo <= row["train_img_s"] <= hi
         assert row["batch"] == 2 and row["infer_batch"] == 3
     ratios = saved["ratios"]
-    assert ratios["default_mode"] == "channels_last"
-    assert set(ratios["condconv_over_se_train"]["by_mode"]) == {"eager", "channels_last"}
+    assert ratios["default_mode"] == "fast"
+    assert set(ratios["condconv_over_se_train"]["by_mode"]) == {"eager", "fast"}
     assert set(ratios["default_over_eager_train_speedup"]["by_variant"]) == {"se", "condconv"}
 
 
@@ -47,13 +47,13 @@ def test_projection_goes_through_the_data_pipeline(tiny_run):
         entry = proj["variants"][v]
         assert entry["total_s"] > 0 and entry["measured_steps"] >= 1
         assert entry["data_pipeline"] is True
-    assert "not measured by this run" in result["gpu_target_note"]
 
 
-def test_summary_prints_the_three_target_ratios(tiny_run):
+def test_summary_prints_the_three_ratios_and_no_goals(tiny_run):
     text = tiny_run[0]["summary"]
-    for needle in ("Hardware:", "(1) condconv / se", "(2) channels_last over contiguous fp32 eager", "(3)", "noisy"):
+    for needle in ("Hardware:", "(1) condconv / se", "(2) fast over contiguous fp32 eager", "(3)", "noisy"):
         assert needle in text
+    assert "target" not in json.dumps(tiny_run[0]).lower()
 
 
 def test_bad_settings_are_clear_errors():
@@ -62,7 +62,7 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="batch"):
         bench.Settings(batch=0).resolve()
     with pytest.raises(ValueError, match="mode"):
-        bench.Settings(modes=("fast",)).resolve()
+        bench.Settings(modes=("turbo",)).resolve()
     with pytest.raises(ValueError, match="device"):
         bench.Settings(device="tpu").resolve()
 
@@ -80,7 +80,7 @@ def test_a_run_saves_as_it_goes():
     # time limit during the (long) projection keeps what it measured.
     saved = []
     s = bench.Settings(short=True, batch=2, infer_batch=2, image_size=32, reps=1, warmup=1,
-                       variants=("se", "condconv"), modes=("channels_last",))
+                       variants=("se", "condconv"), modes=("fast",))
     bench.run(s, log=lambda *a: None, save=lambda r: saved.append(json.loads(json.dumps(r, default=str))))
     assert len(saved) == 3
     assert saved[0]["rows"] and "projection" not in saved[0]

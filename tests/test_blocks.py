@@ -76,12 +76,24 @@ def test_condconv_block_makes_all_three_convs_conditional(routing):
     assert b(torch.randn(3, 16, 14, 14)).shape == (3, 24, 7, 7)
 
 
-def test_blocks_share_one_signature_and_one_class():
-    sigs = {name: inspect.signature(fn) for name, fn in BLOCKS.items()}
-    assert len(set(map(str, sigs.values()))) == 1
-    for fn in BLOCKS.values():
+def test_blocks_share_the_leading_arguments_take_only_their_own_and_are_one_class():
+    common = ["in_channels", "out_channels", "expansion", "kernel_size", "stride", "identity"]
+    own = {"standard": [], "se": ["se_reduction"], "condconv": ["se_reduction", "num_experts", "routing"]}
+    for name, fn in BLOCKS.items():
+        assert list(inspect.signature(fn).parameters) == common + own[name]
         assert type(fn(8, 8)) is InvertedResidual
         assert "Ni" in fn.__doc__ or "Ni" in InvertedResidual.__doc__
+    with pytest.raises(TypeError):
+        standard_block(8, 8, se_reduction=4)   # a knob the block does not use is not accepted
+
+
+def test_irnet_refuses_a_changed_knob_its_block_does_not_use():
+    import irnet_lib
+    with pytest.raises(ValueError, match="num_experts=8 has no effect on the 'se' block; it applies to 'condconv'"):
+        irnet_lib.irnet("se", num_experts=8)
+    with pytest.raises(ValueError, match="se_reduction=8 .* 'standard'.*'se' and 'condconv'"):
+        irnet_lib.irnet("standard", se_reduction=8)
+    irnet_lib.irnet("standard", se_reduction=4, num_experts=4, routing="conv")   # the defaults are fine
 
 
 def test_docstrings_name_every_paper_symbol():

@@ -1,9 +1,16 @@
-"""The fast CondConv path against the per-example definition: values and gradients."""
+"""CondConv against its definition, the per-example loop: values and gradients, every layout and
+stride, with the fast layer off (the teaching code's batched formulation) and on."""
 import pytest
 import torch
 
-from irnet_lib import condconv
-from irnet_lib.condconv import CondConv2d, Routing, choose_method, condconv2d, condconv2d_reference
+from irnet_lib import fast
+from irnet_lib.condconv import CondConv2d, Routing, condconv2d, condconv2d_reference
+
+
+@pytest.fixture(params=[False, True], ids=["core", "fast"])
+def fast_layer(request):
+    with fast.enabled(request.param, keep_freed_memory=False):
+        yield request.param
 
 
 def _case(kind, stride, batch, channels_last, seed=0):
@@ -17,94 +24,57 @@ def _case(kind, stride, batch, channels_last, seed=0):
     return conv, x.requires_grad_()
 
 
-@pytest.mark.parametrize("method", ["mix", "wide", "auto"])
+def _assert_same_function(y, ref, wrt, atol=1e-5):
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, atol=atol, rtol=atol)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=atol)
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
-def test_fast_path_matches_per_example_loop(kind, stride, batch, channels_last, train, method):
+def test_matches_the_per_example_loop(fast_layer, kind, stride, batch, channels_last, train):
     conv, x = _case(kind, stride, batch, channels_last)
     conv.train(train)
     r = conv.routing(x)
-    fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups, method=method)
+    y = conv(x)
     ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
-    assert fast.shape == ref.shape
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
-
-    g = torch.randn_like(ref)
-    grads_fast = torch.autograd.grad(fast, (x, conv.weight, conv.routing.fc.weight), g, retain_graph=True)
-    grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.routing.fc.weight), g)
-    for a, b in zip(grads_fast, grads_ref):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("fold", ["channels_last", "contiguous"])
-def test_both_fold_layouts_match_the_loop_and_keep_channels_last(monkeypatch, fold):
-    monkeypatch.setitem(condconv.FOLD_LAYOUT, "cpu", fold)
-    conv, x = _case("depthwise", 2, 3, channels_last=True)
-    r = conv.routing(x)
-    with condconv.depthwise_cpu.disabled():  # the fold, not the compiled kernel
-        fast = condconv2d(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups, method="mix")
-    ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
-    assert fast.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(ref)
-    fast_grads = torch.autograd.grad(fast, (x, conv.weight), g, retain_graph=True)   # r is shared
-    for a, b in zip(fast_grads, torch.autograd.grad(ref, (x, conv.weight), g)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_function(y, ref, (x, conv.weight, conv.routing.fc.weight))
+    if fast_layer and channels_last:   # the fast layer keeps the layout from layer to layer
+        assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("method", ["mix", "wide"])
-def test_grouped_kernel_general_path(method, channels_last):
+def test_grouped_kernel_general_path(fast_layer, channels_last):
     torch.manual_seed(0)
-    conv = CondConv2d(8, 12, 3, 1, groups=4, num_experts=3, method=method)
+    conv = CondConv2d(8, 12, 3, 1, groups=4, num_experts=3)
     x = torch.randn(3, 8, 7, 7)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    r = conv.routing(x)
-    torch.testing.assert_close(conv(x), condconv2d_reference(x, conv.expert_weights, r, 1, 1, 4), atol=1e-5, rtol=1e-5)
+    x.requires_grad_()
+    ref = condconv2d_reference(x, conv.expert_weights, conv.routing(x), 1, 1, 4)
+    _assert_same_function(conv(x), ref, (x, conv.weight))
 
 
-def test_cost_rule_mixes_on_irnet_maps_and_goes_wide_on_tiny_ones():
-    # IR-NET's feature maps are 56x56 down to 7x7: always the per-example kernels there.
-    assert all(choose_method(64, 4, s * s) == "mix" for s in (7, 14, 28, 56))
-    assert choose_method(64, 4, 2 * 2) == "wide"
-    # One expert: the "wide" conv is the ordinary conv of the r-scaled input, no extra work at all.
-    assert choose_method(64, 1, 56 * 56) == "wide"
+def test_the_core_function_is_the_batched_fold():
+    """condconv2d itself (what the notebooks show) against the loop, without a module around it."""
+    torch.manual_seed(0)
+    x, w, r = torch.randn(5, 6, 8, 8), torch.randn(3, 6, 1, 3, 3), torch.rand(5, 3)
+    torch.testing.assert_close(condconv2d(x, w, r, 2, 1, 6), condconv2d_reference(x, w, r, 2, 1, 6),
+                               atol=1e-5, rtol=1e-5)
 
 
-def test_wide_small_map_output_keeps_channels_last():
-    conv = CondConv2d(6, 10, 1, num_experts=4)
-    x = torch.randn(2, 6, 2, 2).contiguous(memory_format=torch.channels_last)
-    assert choose_method(2, 4, 4) == "wide"
-    r = conv.routing(x)
-    y = conv(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, condconv2d_reference(x, conv.expert_weights, r), atol=1e-5, rtol=1e-5)
-
-
-def test_unknown_method_is_a_clear_error():
-    with pytest.raises(ValueError, match="method"):
-        CondConv2d(4, 4, 1, method="fast")
-    with pytest.raises(ValueError, match="method"):
-        condconv2d(torch.randn(1, 4, 3, 3), torch.randn(2, 4, 4, 1, 1), torch.rand(1, 2), method="fast")
-
-
-def test_one_hot_routing_is_that_expert_as_a_plain_conv():
+def test_one_hot_routing_is_that_expert_as_a_plain_conv(fast_layer):
     torch.manual_seed(0)
     conv = CondConv2d(4, 4, 3, groups=4, num_experts=3, routing=False)
     x = torch.randn(2, 4, 6, 6)
     r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     expected = torch.nn.functional.conv2d(x, conv.expert_weights[1], padding=1, groups=4)
     torch.testing.assert_close(conv(x, r), expected)
-
-
-def test_channels_last_output_keeps_memory_format_for_1x1():
-    conv = CondConv2d(6, 10, 1, num_experts=2)
-    x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
-    assert conv(x).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_routing_is_sigmoid_of_pooled_linear():
@@ -127,28 +97,26 @@ def test_per_block_conv_demands_routing_weights():
         conv(torch.randn(1, 4, 3, 3))
 
 
-def test_groups_must_divide_channels():
-    with pytest.raises(ValueError, match="groups"):
-        CondConv2d(6, 4, 3, groups=4)
+@pytest.mark.parametrize("kwargs,match", [(dict(groups=4), "groups"), (dict(num_experts=0), "num_experts"),
+                                          (dict(num_experts=True), "num_experts")])
+def test_bad_arguments_name_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CondConv2d(6, 4, 3, **kwargs)
 
 
-def test_batchnorm_into_depthwise_gradients_match_reference():
+def test_batchnorm_into_depthwise_gradients_match_reference(fast_layer):
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(8)
     conv = CondConv2d(8, 8, 3, 1, groups=8, num_experts=4)
     x = torch.randn(4, 8, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
     h = bn(x)
     r = conv.routing(h)
-    fast = condconv2d(h, conv.expert_weights, r, 1, 1, 8)
     ref = condconv2d_reference(h, conv.expert_weights, r, 1, 1, 8)
-    g = torch.randn_like(ref)
-    params = (x, bn.weight, conv.weight, conv.routing.fc.weight)
-    for a, b in zip(torch.autograd.grad(fast, params, g, retain_graph=True), torch.autograd.grad(ref, params, g)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_function(conv(h, r), ref, (x, bn.weight, conv.weight, conv.routing.fc.weight))
 
 
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
-def test_bf16_autocast_fast_path_runs_forward_and_backward(kind):
+def test_bf16_autocast_runs_forward_and_backward(fast_layer, kind):
     conv, x = _case(kind, 1, 3, channels_last=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)
@@ -157,3 +125,21 @@ def test_bf16_autocast_fast_path_runs_forward_and_backward(kind):
     assert x.grad is not None and conv.weight.grad is not None
     ref = condconv2d_reference(x, conv.expert_weights, conv.routing(x), conv.stride, conv.padding, conv.groups)
     torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_the_whole_network_computes_the_same_with_the_fast_layer_on_and_off():
+    import irnet_lib
+    torch.manual_seed(0)
+    net = irnet_lib.irnet("condconv", num_classes=10, width_mult=0.25).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)
+    outs = []
+    for on in (False, True):
+        with fast.enabled(on, keep_freed_memory=False):
+            net.zero_grad()
+            y = net(x)
+            y.square().sum().backward()
+            outs.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-10, rtol=1e-10)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

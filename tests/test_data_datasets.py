@@ -10,7 +10,6 @@ import irnet_lib.data.datasets as ds_mod
 from irnet_lib.data import DATASETS, ImageData, load_dataset, stratified_indices
 from irnet_lib.data.datasets import read_idx, to_rgb
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

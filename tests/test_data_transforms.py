@@ -6,9 +6,18 @@ import torch
 from torchvision import transforms as v1
 from torchvision.transforms import v2
 
-from irnet_lib.data import (CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, TensorLoader, TensorTransform,
-                            TorchvisionLoader, load_dataset, make_loader, sample_crop_boxes, test_transform)
-
+from irnet_lib.data import (
+    CROP_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TensorLoader,
+    TensorTransform,
+    TorchvisionLoader,
+    load_dataset,
+    make_loader,
+    sample_crop_boxes,
+    test_transform,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

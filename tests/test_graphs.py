@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from irnet_lib import bench, irnet
-from irnet_lib import train as train_mod
-from irnet_lib.graphs import GraphedStep, graphs_available
-from irnet_lib.train import fit
-
 from test_train import RECIPE, loaders, tiny_model
+
+from benchmarks import bench
+from irnet_lib import irnet
+from irnet_lib import train as train_mod
+from irnet_lib.fast.graphs import GraphedStep, GraphedTrainingStep, graphs_available
+from irnet_lib.train import Runtime, fit
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,26 +34,43 @@ def test_fit_insisting_on_graphs_without_a_gpu_is_a_clear_error():
 
 
 def test_fit_on_a_cpu_records_that_it_did_not_capture():
-    run = fit(tiny_model(), *loaders(), RECIPE.compressed(2, 1), quiet=True)
+    run = fit(tiny_model(), *loaders(), RECIPE.compressed(2, 1), quiet=True, fast=True)
     assert run.meta["cuda_graph"] is False
 
 
-@pytest.mark.parametrize("cuda_graph, compile, world, expected", [
-    (None, False, 1, True), (None, True, 1, False), (None, False, 2, False), (False, False, 1, False),
-    (True, False, 1, True), (True, True, 1, "compile"), (True, False, 2, "processes")])
-def test_when_fit_captures(monkeypatch, cuda_graph, compile, world, expected):
-    monkeypatch.setattr(train_mod, "graphs_available", lambda device: True)
-    if isinstance(expected, str):
-        with pytest.raises(ValueError, match=expected):
-            train_mod._use_cuda_graph(cuda_graph, torch.device("cuda"), compile, world)
+@pytest.mark.parametrize("fast, cuda_graph, compile, world, precision, expected", [
+    (True, None, False, 1, "bf16", "graph"), (True, None, False, 1, "fp32", "graph"),
+    (False, None, False, 1, "bf16", "eager"),          # the fast layer off: plain steps
+    (True, None, True, 1, "bf16", "eager"), (True, None, False, 2, "bf16", "eager"),
+    (True, None, False, 1, "fp16", "eager"),           # the gradient scaler reads on the host
+    (True, False, False, 1, "bf16", "eager"), (False, True, False, 1, "bf16", "graph"),
+    (True, True, True, 1, "bf16", "torch.compile"), (True, True, False, 2, "bf16", "one process"),
+    (True, True, False, 1, "fp16", "bf16 or fp32")])
+def test_when_fit_captures(monkeypatch, fast, cuda_graph, compile, world, precision, expected):
+    monkeypatch.setattr(train_mod.nn.parallel, "DistributedDataParallel", lambda m, **kw: m)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+    rt = Runtime(fast=fast, cuda_graph=cuda_graph, compile=compile)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    make = lambda: train_mod._make_step(model, opt, F.cross_entropy, torch.device("cuda"), precision, rt, world)  # noqa: E731
+    if expected in ("graph", "eager"):
+        with pytest.warns(UserWarning, match="fp16") if precision == "fp16" and fast else _no_warning():
+            step = make()
+        assert isinstance(step, GraphedTrainingStep) is (expected == "graph")
     else:
-        assert train_mod._use_cuda_graph(cuda_graph, torch.device("cuda"), compile, world) is expected
+        with pytest.raises(ValueError, match=expected):
+            make()
+
+
+def _no_warning():
+    import contextlib
+    return contextlib.nullcontext()
 
 
 def test_bench_graph_mode_is_for_gpus():
     assert "graph_bf16" not in bench.Settings().resolve().modes   # the CPU default leaves it out
     with pytest.raises(ValueError, match="need a GPU"):
-        bench.Settings(modes=("channels_last", "graph_bf16")).resolve()
+        bench.Settings(modes=("fast", "graph_bf16")).resolve()
     assert bench.DEFAULT_MODE["cuda"] == "graph_bf16" and bench.MODES["graph_bf16"].graphed
 
 
@@ -112,7 +129,7 @@ def test_fit_with_graphs_trains_like_fit_without(tmp_path):
         for loader in (train, test):
             loader.x, loader.y = loader.x.cuda(), loader.y.cuda()
         runs[graphed] = fit(tiny_model(), train, test, RECIPE, device="cuda", precision="fp32", quiet=True,
-                            cuda_graph=graphed)
+                            fast=True, cuda_graph=graphed)
     assert runs[True].meta["cuda_graph"] and not runs[False].meta["cuda_graph"]
     a, b = runs[True].history, runs[False].history
     assert all(math.isclose(u, v, rel_tol=1e-3) for u, v in zip(a.train_loss, b.train_loss))

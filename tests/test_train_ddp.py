@@ -1,14 +1,14 @@
 """Two processes with DistributedDataParallel (gloo, CPU) give the run of one process with the
 same global batch: the results' meaning does not depend on the number of GPUs."""
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from irnet_lib.train import fit, load_checkpoint
 from test_train import RECIPE, StandInLoader, tiny_model
+
+from irnet_lib.runs import load_checkpoint
+from irnet_lib.train import fit
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

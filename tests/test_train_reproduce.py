@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from irnet_lib import reproduce
-from irnet_lib.reproduce import load_runs, main, table3, to_markdown
+from irnet_lib.reproduce import load_runs, main, to_markdown
 
 
 def fake_run(folder, block, accs, seconds, hardware="Test CPU, 2 cores"):

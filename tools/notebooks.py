@@ -1,7 +1,7 @@
 """Maintenance of the notebook series (for authors, not students).
 
     python tools/notebooks.py new 01_inverted_residual_block "Title"   # skeleton with the standard head
-    python tools/notebooks.py sync                                      # badges + Colab cells from irnet_lib.notebook.REPO
+    python tools/notebooks.py sync                                      # badges + Colab cells from REPO
     python tools/notebooks.py execute notebooks/01_*.ipynb              # re-execute in fast mode, outputs stored
 
 Notebooks are committed executed in fast mode (``IRNET_FAST=1``), the mode the test suite
@@ -54,7 +54,7 @@ def notebook_table() -> str:
         nb = nbformat.read(p, as_version=4)
         first = nb.cells[0].source.splitlines()
         title = first[0].lstrip("# ").strip()
-        summary = next((l.strip() for l in first[1:] if l.strip() and not l.startswith("[![")), "")
+        summary = next((ln.strip() for ln in first[1:] if ln.strip() and not ln.startswith("[![")), "")
         rel = p.relative_to(ROOT).as_posix()
         rows.append(f"| [{p.stem}]({rel}) | {title}{': ' + summary if summary else ''} | {colab_badge(rel)} |")
     return "\n".join(rows) + "\n"

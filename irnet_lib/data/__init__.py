@@ -22,8 +22,16 @@ normalise) run unchanged on all of them.
 from .datasets import DATASETS, ImageData, load_dataset, stratified_indices
 from .download import IMAGENET64_FILES, IMAGENET64_URL, download_file
 from .loaders import TensorLoader, TorchvisionLoader, make_loader
-from .transforms import (CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE, TensorTransform, sample_crop_boxes,
-                         test_transform, train_transform)
+from .transforms import (
+                         CROP_SIZE,
+                         IMAGENET_MEAN,
+                         IMAGENET_STD,
+                         RESIZE,
+                         TensorTransform,
+                         sample_crop_boxes,
+                         test_transform,
+                         train_transform,
+)
 
 __all__ = ["DATASETS", "ImageData", "load_dataset", "make_loader", "TensorLoader", "TorchvisionLoader",
            "train_transform", "test_transform", "TensorTransform", "sample_crop_boxes", "stratified_indices",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import download as _download
-from .datasets import FolderImages, ImageData, TensorImages
+from .images import FolderImages, ImageData, TensorImages
 from .transforms import RESIZE
 
 IGNORED_ARCHIVE_ENTRIES = ("__MACOSX",)  # resource forks macOS adds to zips: never images

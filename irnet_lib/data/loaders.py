@@ -32,7 +32,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import ImageData
+from .images import ImageData
 from .transforms import CROP_SIZE, TensorTransform, check_test_crop, test_transform, train_transform
 
 PIPELINES = ("auto", "tensor", "torchvision")
@@ -53,6 +53,7 @@ class _Loader:
         if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.data, self.split, self.batch_size = data, split, batch_size
+        self.num_classes = data.num_classes
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.channels_last = seed, rank, world_size, channels_last
         self.train = split == "train"
@@ -86,6 +87,10 @@ class _Loader:
             order = torch.arange(self.size)
         return order[self.rank::self.world_size]
 
+    def describe(self) -> dict:
+        """The pipeline, for a run's metadata: its name, and where it departs from the course's transforms."""
+        return {"name": self.pipeline, "exact": not self.approximations, "approximations": self.approximations}
+
     def _finish(self, x, y):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -100,6 +105,11 @@ class TensorLoader(_Loader):
     """Batches cropped from a uint8 tensor copy of the split kept on ``device``."""
 
     pipeline = "tensor"
+    #: Where its training batches depart from the course's torchvision transforms (the test batches
+    #: are exact). Measured in notebook 00 / tests/test_data_transforms.py.
+    approximations = ("train crops resized by roi_align (bilinear, adaptive sampling), close to but not equal to "
+                      "torchvision's antialiased resize: 0.3 grey levels of 255 apart on average, up to 20 at "
+                      "edges; non-square images (ImageNet-100) cropped from their central 64x64 square")
 
     def __init__(self, data, split, batch_size=256, *, device="cpu", seed=0, rank=0, world_size=1,
                  channels_last=False, progress=None, test_crop=CROP_SIZE):
@@ -147,10 +157,14 @@ class TorchvisionLoader(_Loader):
     """``torch.utils.data.DataLoader`` with the course's torchvision transforms, image by image."""
 
     pipeline = "torchvision"
+    approximations = ""
 
     def __init__(self, data, split, batch_size=256, *, device="cpu", seed=0, rank=0, world_size=1,
                  channels_last=False, num_workers=None, test_crop=CROP_SIZE):
         super().__init__(data, split, batch_size, device, seed, rank, world_size, channels_last)
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                        or num_workers < 0):
+            raise ValueError(f"num_workers must be an int >= 0 (0: load in the main process), got {num_workers!r}")
         self.num_workers = default_workers() if num_workers is None else num_workers
         transform = train_transform() if self.train else test_transform(size=test_crop)
         self.transformed = _Transformed(self.dataset, transform, seed, self.train)

@@ -11,7 +11,8 @@ RandomResizedCrop's own rule (ten tries of a random area and aspect ratio, then 
 fallback), vectorised over the batch, and ``torchvision.ops.roi_align`` crops and resizes all of
 them in one call. roi_align's adaptive sampling (``sampling_ratio=0``) is plain bilinear
 interpolation where a crop is enlarged (as torchvision's) and averages ceil(crop/56)^2 bilinear
-samples per output pixel where it is shrunk, close to (not equal to) torchvision's antialiased resize: on natural images the two
+samples per output pixel where it is shrunk, close to (not equal to) torchvision's antialiased resize:
+on natural images the two
 differ by about 1-2 grey levels out of 255 on average (``tests/test_data_transforms.py`` measures
 it). The test transform is a plain slice of the 64x64 image, identical to torchvision's output up
 to float rounding.

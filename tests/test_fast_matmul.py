@@ -1,4 +1,5 @@
-"""Which library does CondConv's fp32 matmuls on a CPU: oneDNN where it is exact, MKL otherwise.
+"""Which library does the fast layer's CondConv fp32 matmuls on a CPU: oneDNN where it is exact,
+MKL otherwise.
 
 Both routes must compute the same function, leave PyTorch's global setting as they found it, and
 never route where oneDNN would round to bf16.
@@ -6,8 +7,9 @@ never route where oneDNN would round to bf16.
 import pytest
 import torch
 
-from irnet_lib import condconv
-from irnet_lib.condconv import CondConv2d, condconv2d, condconv2d_reference, cpu_matmul_library
+from irnet_lib.condconv import CondConv2d, condconv2d_reference
+from irnet_lib.fast import condconv
+from irnet_lib.fast.condconv import condconv2d, cpu_matmul_library
 
 if not hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"):
     pytest.skip("this PyTorch has no per-library fp32 matmul switch: CondConv keeps the default library",
@@ -27,14 +29,14 @@ def test_both_routes_match_reference_and_restore_the_setting(monkeypatch, onednn
     monkeypatch.setattr(condconv, "_onednn_fp32_is_exact", lambda: onednn)
     torch.manual_seed(0)
     groups = 8 if kernel_size == 3 else 1
-    conv = CondConv2d(8, 8, kernel_size, groups=groups, num_experts=4, method="mix")
+    conv = CondConv2d(8, 8, kernel_size, groups=groups, num_experts=4)
     x = torch.randn(5, 8, 7, 7)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     before = _precision()
     r = conv.routing(x)
-    fast = condconv2d(x, conv.expert_weights, r, padding=kernel_size // 2, groups=groups, method="mix")
+    fast = condconv2d(x, conv.expert_weights, r, padding=kernel_size // 2, groups=groups)
     ref = condconv2d_reference(x, conv.expert_weights, r, padding=kernel_size // 2, groups=groups)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ref)

@@ -1,10 +1,10 @@
-"""irnet_lib.allocator: glibc's malloc told to keep freed memory, and back."""
+"""irnet_lib.fast.allocator: glibc's malloc told to keep freed memory, and back."""
 import platform
 
 import pytest
 import torch
 
-from irnet_lib import allocator
+from irnet_lib.fast import allocator
 
 glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 

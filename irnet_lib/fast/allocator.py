@@ -8,11 +8,13 @@ of the step, in system time. Turning mmap off and raising the trim threshold mak
 freed blocks on its heap and hand them out again, as the CUDA caching allocator does on a GPU.
 
 Measured on a 2-core AMD EPYC (batch 64, NHWC fp32, median of 6 steps; ``results/bench``):
-standard 0.94 -> 0.69 s, SE 1.23 -> 0.86 s, CondConv 2.11 -> 1.42 s per training step.
+standard 0.94 -> 0.69 s, SE 1.23 -> 0.86 s, CondConv 2.11 -> 1.42 s per training step
+(``benchmarks/bench.py``, ``docs/performance.md``).
 
 The cost: memory freed by the process is reused by it but not returned to the operating system
-until it exits. ``irnet_lib.train.fit`` and ``irnet_lib.bench`` turn it on for CPU runs; other
-platforms (macOS, Windows, musl) are left alone. Preloading jemalloc or tcmalloc does the same
+until it exits. ``irnet_lib.fast.enable()`` turns it on (the training loop does so for CPU runs with
+``fast=True``, the command lines' default); other platforms (macOS, Windows, musl) are left alone.
+Preloading jemalloc or tcmalloc does the same
 job from outside the process.
 """
 from __future__ import annotations

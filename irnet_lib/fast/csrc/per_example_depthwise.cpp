@@ -1,4 +1,7 @@
-// A depthwise convolution with one kernel per example, on channels_last (NHWC) CPU tensors.
+// A depthwise convolution with one kernel per example, on channels_last (NHWC) CPU tensors:
+// the operators irnet::per_example_depthwise and irnet::per_example_depthwise_backward
+// (irnet_lib/fast/depthwise.py builds this file with torch.utils.cpp_extension and registers
+// their autograd formula and their shapes for torch.compile).
 //
 // CondConv mixes a kernel for every example, so its depthwise layer is B depthwise convolutions
 // with B different kernels. PyTorch has no operator for that: the batch has to be folded into the
@@ -7,12 +10,12 @@
 // convolution in place instead, reading and writing the NHWC tensors as they lie.
 //
 // Layouts (all dense, row-major):
-//   x   (B, H,  W,  C)   input
+//   x   (B, H,  W,  C)   input (a channels_last (B, C, H, W) tensor)
 //   k   (B, F,  F,  C)   one kernel per example, tap-major so that the channel axis is contiguous
 //   y   (B, Ho, Wo, C)   output; padding is F / 2 on every side, stride S
-// Every function cuts its range of rows (forward) or examples (backward) into slices that run on
-// OpenMP threads, or that the caller runs on threads of its own; each output element is written
-// by exactly one slice, in a fixed order, so the results do not depend on the number of threads.
+// The rows (forward) or examples (backward) are cut into ranges that run on PyTorch's own
+// intra-op threads (at::parallel_for); each output element is written by exactly one range, in a
+// fixed order, so the results do not depend on the number of threads.
 //
 // Why it is shaped as it is (a depthwise conv does ~2 flops per byte it moves, so the work is
 // keeping values in registers, not the arithmetic):
@@ -28,9 +31,14 @@
 // loops.
 // The vectors are GCC/Clang vector extensions of 64 bytes: one AVX-512 register, or two AVX2 or
 // four SSE ones where the compiler (-march) has no wider.
-//
-// Plain C++ with no dependencies but an optional OpenMP runtime, the one PyTorch loaded; it builds
-// in about two seconds (irnet_lib/depthwise_cpu.py).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -322,46 +330,51 @@ void backward_any(const T* x, const T* k, const T* gy, T* gx, T* gk, idx H, idx 
   }
 }
 
-// Runs fn(start, stop) over [0, total) cut into `slices` contiguous parts. Built with OpenMP, the
-// parts run on the process's OpenMP threads, which are PyTorch's own (irnet_lib/depthwise_cpu.py
-// links this file against the runtime PyTorch loaded); else one after another, and the caller
-// runs slices on its own threads. The cuts depend on `slices` only, never on the threads.
-template <typename Fn>
-void in_slices(idx total, idx slices, Fn&& fn) {
-#pragma omp parallel for num_threads(int(slices)) schedule(static, 1) if (slices > 1)
-  for (idx t = 0; t < slices; ++t) fn(total * t / slices, total * (t + 1) / slices);
-}
-
 }  // namespace
 
-extern "C" {
-
-// 1 where the slices run on OpenMP threads, 0 where the caller must thread them.
-int dw_openmp() {
-#ifdef _OPENMP
-  return 1;
-#else
-  return 0;
-#endif
+// y = per-example depthwise conv of x with k (see the top of the file for the layouts).
+at::Tensor per_example_depthwise(const at::Tensor& x, const at::Tensor& k, int64_t stride) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "per_example_depthwise: x must be a channels_last (B, C, H, W) tensor");
+  TORCH_CHECK(k.dim() == 4 && k.is_contiguous() && k.size(0) == x.size(0) && k.size(1) == k.size(2) &&
+                  k.size(3) == x.size(1) && k.scalar_type() == x.scalar_type(),
+              "per_example_depthwise: k must be a dense (B, F, F, C) tensor of x's dtype");
+  const idx B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), F = k.size(1), S = stride;
+  const idx Ho = (H + 2 * (F / 2) - F) / S + 1, Wo = (W + 2 * (F / 2) - F) / S + 1;
+  at::Tensor y = at::empty({B, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "per_example_depthwise", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, B * Ho, 1, [&](idx r0, idx r1) { forward_any<scalar_t>(xp, kp, yp, H, W, C, F, S, Ho, Wo, r0, r1); });
+  });
+  return y;
 }
 
-// Output rows [row0, row1) of the flattened (B * Ho) rows, cut into `slices`.
-void dw_forward_f32(const float* x, const float* k, float* y, idx H, idx W, idx C, idx F, idx S,
-                    idx Ho, idx Wo, idx row0, idx row1, idx slices) {
-  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward_any<float>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
-}
-void dw_forward_f64(const double* x, const double* k, double* y, idx H, idx W, idx C, idx F,
-                    idx S, idx Ho, idx Wo, idx row0, idx row1, idx slices) {
-  in_slices(row1 - row0, slices, [&](idx a, idx b) { forward_any<double>(x, k, y, H, W, C, F, S, Ho, Wo, row0 + a, row0 + b); });
-}
-// Examples [b0, b1), cut into `slices`.
-void dw_backward_f32(const float* x, const float* k, const float* gy, float* gx, float* gk, idx H,
-                     idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0, idx b1, idx slices) {
-  in_slices(b1 - b0, slices, [&](idx a, idx b) { backward_any<float>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0 + a, b0 + b); });
-}
-void dw_backward_f64(const double* x, const double* k, const double* gy, double* gx, double* gk,
-                     idx H, idx W, idx C, idx F, idx S, idx Ho, idx Wo, idx b0, idx b1, idx slices) {
-  in_slices(b1 - b0, slices, [&](idx a, idx b) { backward_any<double>(x, k, gy, gx, gk, H, W, C, F, S, Ho, Wo, b0 + a, b0 + b); });
+// (grad_x, grad_k) from grad_y; an operand whose gradient is not asked for comes back empty.
+std::tuple<at::Tensor, at::Tensor> per_example_depthwise_backward(const at::Tensor& x, const at::Tensor& k,
+                                                                   const at::Tensor& grad_y, int64_t stride,
+                                                                   bool need_x, bool need_k) {
+  const at::Tensor gy = grad_y.contiguous(at::MemoryFormat::ChannelsLast);
+  const idx B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), F = k.size(1), S = stride;
+  const idx Ho = gy.size(2), Wo = gy.size(3);
+  at::Tensor gx = need_x ? at::empty_like(x, at::MemoryFormat::ChannelsLast) : at::empty({0}, x.options());
+  at::Tensor gk = need_k ? at::empty_like(k) : at::empty({0}, k.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "per_example_depthwise_backward", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *gyp = gy.data_ptr<scalar_t>();
+    scalar_t* gxp = need_x ? gx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gkp = need_k ? gk.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B, 1, [&](idx b0, idx b1) { backward_any<scalar_t>(xp, kp, gyp, gxp, gkp, H, W, C, F, S, Ho, Wo, b0, b1); });
+  });
+  return {gx, gk};
 }
 
-}  // extern "C"
+TORCH_LIBRARY(irnet, m) {
+  m.def("per_example_depthwise(Tensor x, Tensor k, int stride) -> Tensor");
+  m.def("per_example_depthwise_backward(Tensor x, Tensor k, Tensor grad_y, int stride, bool need_x, "
+        "bool need_k) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(irnet, CPU, m) {
+  m.impl("per_example_depthwise", &per_example_depthwise);
+  m.impl("per_example_depthwise_backward", &per_example_depthwise_backward);
+}

@@ -1,4 +1,4 @@
-"""A training step's forward and backward pass replayed as one CUDA graph.
+"""A training step's forward and backward pass replayed as one CUDA graph (part of the fast layer).
 
 Eager PyTorch launches every kernel of a training step from Python, at some microseconds of
 Python, dispatcher and driver time each: 848 kernels for the standard IR-NET's step, 1,354 for SE's,
@@ -20,10 +20,12 @@ gradient tensors.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
-__all__ = ["GraphedStep", "graphs_available"]
+__all__ = ["GraphedStep", "GraphedTrainingStep", "graphs_available"]
 
 
 def graphs_available(device) -> bool:
@@ -110,3 +112,38 @@ class GraphedStep:
             if g is not None:   # None: a parameter the loss does not depend on
                 g.zero_()
         return self._forward_backward(x, y)
+
+
+class GraphedTrainingStep:
+    """The training loop's step on one GPU with the fast layer: forward and backward replayed as a
+    CUDA graph captured from the first batch (:class:`GraphedStep`), then the optimizer step, eagerly.
+
+    ``eager`` is the loop's own step (``irnet_lib.train.EagerStep``): where capture fails and
+    graphs were not insisted on (``strict``), a warning says why and every step runs eagerly.
+    """
+
+    def __init__(self, model, optimizer, loss_fn, precision: str, eager, strict: bool = False):
+        self.model, self.optimizer, self.loss_fn, self.eager, self.strict = model, optimizer, loss_fn, eager, strict
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.graph, self.failed = None, False
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, x, y):
+        if self.graph is None and not self.failed:
+            try:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.graph = GraphedStep(self.model, self.loss_fn, x, y, autocast_dtype=self.autocast_dtype)
+            except Exception as e:
+                if self.strict:
+                    raise
+                self.failed = True
+                warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "training eagerly. Pass cuda_graph=False to skip the attempt.", stacklevel=2)
+        if self.graph is None:
+            return self.eager(x, y)
+        logits, loss = self.graph(x, y)
+        self.optimizer.step()
+        return logits, loss

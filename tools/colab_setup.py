@@ -1,0 +1,47 @@
+"""Colab's half of the install cell: pip-install only the dependencies of ``pyproject.toml`` that
+this Python lacks. Colab ships torch, torchvision, numpy, pandas, matplotlib and the rest, so it
+usually installs nothing; and it never installs the project itself, whose folder the install cell
+puts on ``sys.path`` instead (importable at once, without restarting the kernel).
+
+    python tools/colab_setup.py            # what the install cell runs
+    python tools/colab_setup.py --dry-run  # print what it would install
+"""
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def missing_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """The requirements (as written in pyproject.toml) whose distribution is not installed."""
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    missing = []
+    for req in deps:
+        name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(req)
+    return missing
+
+
+def main(argv: list[str]) -> None:
+    missing = missing_requirements()
+    if "--dry-run" in argv or not missing:
+        print("to install:", " ".join(missing) if missing else "nothing (every dependency is already installed)")
+        return
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
