@@ -57,12 +57,24 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _approximate_pipeline(run: Run) -> bool:
+    """Did the run's training crops come from the tensor pipeline, whose resize approximates the
+    course's torchvision transforms (``TensorLoader.approximations``)? Runs stored before the pipeline
+    was recorded used the default, the tensor pipeline."""
+    p = run.meta.get("pipeline")
+    if isinstance(p, dict):
+        return not p.get("exact", False)
+    return run.meta.get("config", {}).get("pipeline", "auto") in ("auto", "tensor")
+
+
 def _data(run: Run) -> str:
     m = run.meta
     test_crop = run.recipe.get("test_crop", 56)
     crops = "56 px crops" if test_crop == 56 else f"56 px training crops, {test_crop} px test crops"
+    pipeline = "tensor pipeline: training crops resized approximately" if _approximate_pipeline(run) else \
+        "torchvision pipeline"
     return (f"{m['dataset']} ({m['train_size']} train / {m['test_size']} test images, {m['num_classes']} classes, "
-            f"64 px pipeline, {crops})")
+            f"64 px, {crops}, {pipeline})")
 
 
 def data_label(run: Run) -> str:

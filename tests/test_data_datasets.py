@@ -166,3 +166,11 @@ def test_any_image_mode_becomes_rgb(mode):
 def test_transparent_pixels_become_white():
     rgba = Image.new("RGBA", (2, 2), (10, 20, 30, 0))
     assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode, value, expected", [("I;16", 1000, 4), ("I;16", 65535, 255), ("I", 1000, 4),
+                                                   ("I", 32768, 128)])
+def test_sixteen_bit_images_are_scaled_by_the_format_s_range_not_their_own_maximum(mode, value, expected):
+    """A constant, dark 16-bit image (1.5 % grey) stays dark: 1000 / 65535 x 255 = 3.9, not white."""
+    image = Image.new(mode, (3, 2), value)
+    assert to_rgb(image).getpixel((0, 0)) == (expected,) * 3

@@ -209,6 +209,9 @@ def test_command_line_on_the_embedded_sample(tmp_path, capsys):
             "--quiet", "--max-epochs", "1"]
     run = main(argv)
     assert len(run.history) == 1 and run.meta["variant"] == "standard" and run.meta["num_classes"] == 10
+    # the tensor pipeline's departures from the course's transforms are in the metadata
+    assert run.meta["pipeline"]["name"] == "tensor" and not run.meta["pipeline"]["exact"]
+    assert "roi_align" in run.meta["pipeline"]["approximations"]
     assert run.meta["config"]["recipe"]["train_lr_max"] == pytest.approx(0.2 * 10 / 256)
     run = main(argv)   # the same command again resumes
     assert list(run.history.epoch) == [0, 1]
