@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
-# The GPU measurements the issues ask for, in stages that each fit a time limit:
-#   test     the CUDA-graph tests (tests/test_graphs.py): a replayed step equals the eager one;
-#   bench    python -m irnet_lib.bench: the three variants and MobileNetV2 in eager, channels_last,
-#            bf16 and graph_bf16 modes (batch 256), with the 55-epoch projection of the recipe in
-#            the GPU's default mode (graph_bf16; 130k random 64 px images, tensor pipeline, one
-#            measured epoch per variant);
-#   project  the bench in graph_bf16 mode only, with its projection;
-#   profile  benchmarks/gpu_profile.py: kernels per step, GPU time against wall time;
-#   compile  torch.compile + bf16, with its projection (warm-up 67-81 s per variant on an H200);
-#   fmnist   the blocks trained on the full Fashion-MNIST (60k / 10k, 64 px pipeline, batch 256,
-#            the recipe's peak lr 0.2, its schedule's shape compressed to $EPOCHS epochs).
+# Every GPU measurement of the project, in stages that each fit a time limit:
+#   test      the CUDA-graph tests (tests/test_graphs.py): a replayed step equals the eager one;
+#   fp16      forced fp16 (what Colab's T4 gets) on all of Fashion-MNIST: 2 epochs of the 10-epoch recipe,
+#             eager with the gradient scaler; its history says how many steps the scaler skipped;
+#   faithful  the paper's recipe as it is (55 epochs, 5 warm-up, lr stepped per epoch, batch 256, lr 0.2)
+#             on all of Fashion-MNIST, block after block, each resumed from its checkpoint until done;
+#             stops starting epochs after $FAITHFUL_S seconds, so that a call ends in time; packs the
+#             fp16 weights of finished blocks for irnet_lib/pretrained;
+#   seeds     the 10-epoch recipe stepped per iteration, $SEEDS seeds per block (error bars);
+#   bench     benchmarks/bench.py: the three variants and MobileNetV2 in eager, bf16 (the teaching code),
+#             fast_bf16, graph_bf16 (the command line's default) and reduce_overhead_bf16 (batch 256), with
+#             the 55-epoch projection in graph_bf16 (130k random 64 px images, tensor pipeline);
+#   project   the bench in graph_bf16 mode only, with its projection;
+#   profile   benchmarks/gpu_profile.py: kernels per step, GPU time against wall time;
+#   compile   torch.compile + bf16, with its projection.
 # Everything is packed into OUT/results.tgz (checkpoints left out) after each stage, and the bench
-# saves its JSON as it goes, so a stage stopped by its limit keeps what it measured.
+# saves its JSON as it goes, so a stage stopped by its limit keeps what it measured. Training runs
+# keep their checkpoints in $WORK (outside OUT): a second call on the same warm machine resumes them.
 #
 #   bash benchmarks/gpu_check.sh OUT [FASHION_MNIST_ROOT]
-#   STAGES="fmnist" BLOCKS="condconv" bash benchmarks/gpu_check.sh OUT data    # one stage, one block
+#   STAGES="fp16 faithful" FAITHFUL_S=480 bash benchmarks/gpu_check.sh OUT data
 #
-# Measured on an H200 (2026-11-26, with CUDA graphs): test 45 s, profile 55 s, bench 145 s, project
-# 90 s; fmnist at 10 epochs 60 s (standard), 70 s (SE), 135 s (CondConv), loading included;
-# torch.compile's warm-up (an earlier session) 67-81 s per variant. On an H100 (2026-11-26): test 72 s,
-# bench 194 s, profile 64 s; fmnist at 10 epochs 90 s (standard), 106 s (SE); compile_bf16 of the
-# standard variant alone 180 s (88 s warm-up). One device call may run 10 minutes, and a session's
-# device time is short: pick the stages (STAGES=...) to fit.
+# Measured before (with the old command names, same recipe): on an H200, test 45 s, profile 55 s,
+# bench 145 s, project 90 s; 10 Fashion-MNIST epochs 60 s (standard), 70 s (SE), 135 s (CondConv),
+# loading included; on an H100, test 72 s, bench 194 s, 10 epochs 90 s (standard), 106 s (SE). So the
+# faithful 55 epochs take roughly 5.5 (standard), 7 (SE) and 12 (CondConv) minutes on either card, and
+# the seeds stage about 5 minutes per seed for the three blocks. One device call may run 10 minutes.
 set -u
 OUT=${1:?usage: gpu_check.sh OUT [FASHION_MNIST_ROOT]}
 FM_ROOT=${2:-data}
-STAGES=${STAGES:-test bench profile fmnist}
+STAGES=${STAGES:-fp16 faithful}
 EPOCHS=${EPOCHS:-10}
+SEEDS=${SEEDS:-0 1 2}
+FAITHFUL_S=${FAITHFUL_S:-480}
 BLOCKS=${BLOCKS:-standard se condconv}
 FMNIST_NAME=${FMNIST_NAME:-fashion-mnist-gpu-${EPOCHS}ep}   # and FMNIST_ARGS: more reproduce flags
 mkdir -p "$OUT"
@@ -48,20 +54,56 @@ for stage in $STAGES; do
       log "tests: CUDA graphs"
       # -o addopts=: the project's defaults ask for nbval, which a bare GPU image may lack
       timeout "${TEST_S:-120}" python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphs.py 2>&1 | tail -5 ;;
+    fp16)
+      log "fp16 (forced), all of Fashion-MNIST, 2 epochs of the 10-epoch recipe, eager with the gradient scaler"
+      timeout "${FP16_S:-150}" python3 -m irnet_lib.train --block standard --data fashion-mnist --root "$FM_ROOT" \
+          --precision fp16 --epochs 10 --warmup-epochs 1 --lr-step iteration --max-epochs 2 \
+          --out "$WORK/fp16-check/standard" ;;
+    faithful)
+      start=$(date +%s)
+      for block in $BLOCKS; do
+        left=$(( FAITHFUL_S - ($(date +%s) - start) ))
+        [ "$left" -gt 20 ] || break
+        log "faithful recipe, $block, at most ${left} s in this call (resumes from $WORK/fashion-mnist-gpu-55ep/$block)"
+        timeout --signal=TERM "$left" python3 -m irnet_lib.train --block "$block" --data fashion-mnist \
+            --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu-55ep/$block" --quiet
+        pack
+      done
+      python3 -m irnet_lib.reproduce --from-results "$WORK/fashion-mnist-gpu-55ep" \
+          --figure "$WORK/fig5_fashion-mnist-gpu-55ep.png" --quiet || true
+      for block in $BLOCKS; do   # the fp16 weights of finished runs, each a file of its own (OUT's limits)
+        [ -f "$WORK/fashion-mnist-gpu-55ep/$block/best.pt" ] && python3 -c "
+import sys, torch; sys.path.insert(0, '.')
+from irnet_lib.runs import load_checkpoint, read_history
+run = read_history('$WORK/fashion-mnist-gpu-55ep/$block')
+if len(run.history) == run.planned_epochs:
+    best = load_checkpoint('$WORK/fashion-mnist-gpu-55ep/$block/best.pt')
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in best['model'].items()}, '$OUT/$block-55ep-best-fp16.pt')"
+      done ;;
+    seeds)
+      for seed in $SEEDS; do
+        for block in $BLOCKS; do
+          log "10 epochs per iteration, $block, seed $seed"
+          timeout "${SEED_S:-240}" python3 -m irnet_lib.train --block "$block" --data fashion-mnist --root "$FM_ROOT" \
+              --epochs 10 --warmup-epochs 1 --lr-step iteration --seed "$seed" --quiet \
+              --out "$WORK/fashion-mnist-gpu-10ep-seeds/seed$seed/$block"
+          pack
+        done
+      done ;;
     project)
       log "bench: graph_bf16 only, with the projection"
-      timeout "${PROJECT_S:-150}" python3 -m irnet_lib.bench --device cuda --modes graph_bf16 \
+      timeout "${PROJECT_S:-150}" python3 benchmarks/bench.py --device cuda --modes graph_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-projection" ;;
     bench)
-      log "bench: eager, channels_last, bf16, graph_bf16, MobileNetV2; projection"
-      timeout "${BENCH_S:-240}" python3 -m irnet_lib.bench --device cuda --modes eager channels_last bf16 graph_bf16 \
-          --reps 3 --out "$WORK/bench" ;;
+      log "bench: eager, bf16, fast_bf16, graph_bf16, reduce_overhead_bf16, MobileNetV2; projection"
+      timeout "${BENCH_S:-420}" python3 benchmarks/bench.py --device cuda \
+          --modes eager bf16 fast_bf16 graph_bf16 reduce_overhead_bf16 --reps 3 --out "$WORK/bench" ;;
     profile)
       log "profile: kernels per training step"
       timeout "${PROFILE_S:-90}" python3 benchmarks/gpu_profile.py --out "$WORK/bench" ;;
     compile)
       log "bench: torch.compile + bf16"
-      timeout "${COMPILE_S:-420}" python3 -m irnet_lib.bench --device cuda --modes compile_bf16 \
+      timeout "${COMPILE_S:-420}" python3 benchmarks/bench.py --device cuda --modes compile_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-compile" ;;
     fmnist)
       # one block at a time, packed after each: a stage stopped by its limit keeps finished blocks
@@ -72,7 +114,7 @@ for stage in $STAGES; do
             --epochs "$EPOCHS" --warmup-epochs 1 --blocks $block --quiet ${FMNIST_ARGS:-}
         pack
       done ;;
-    *) echo "unknown stage $stage (test, bench, project, profile, compile, fmnist)"; exit 2 ;;
+    *) echo "unknown stage $stage (test, fp16, faithful, seeds, bench, project, profile, compile, fmnist)"; exit 2 ;;
   esac
   pack
 done
