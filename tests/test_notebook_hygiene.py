@@ -53,6 +53,26 @@ def test_notebook_follows_conventions(nb_path):
     assert problems(nb_path) == []
 
 
+#: A lesson stays readable in one sitting; the appendix (engineering, for readers who want it) may be longer.
+MAX_CELLS, MAX_MARKDOWN_WORDS = 40, 2500
+LONG_ALLOWED = ("08_appendix_engineering.ipynb",)
+
+
+def length(nb_path: Path) -> tuple[int, int]:
+    """(number of cells, words of markdown) of a notebook."""
+    cells = json.loads(nb_path.read_text())["cells"]
+    words = sum(len("".join(c.get("source", "")).split()) for c in cells if c["cell_type"] == "markdown")
+    return len(cells), words
+
+
+@pytest.mark.parametrize("nb_path", [p for p in NOTEBOOKS if p.name not in LONG_ALLOWED], ids=lambda p: p.name)
+def test_lesson_is_not_too_long(nb_path):
+    cells, words = length(nb_path)
+    assert cells <= MAX_CELLS and words <= MAX_MARKDOWN_WORDS, (
+        f"{nb_path.name}: {cells} cells, {words} words of markdown (at most {MAX_CELLS} and {MAX_MARKDOWN_WORDS}); "
+        "split it, or move engineering detail to the appendix")
+
+
 def test_hygiene_check_catches_bad_notebooks(tmp_path):
     bad = {"cells": [
         {"cell_type": "markdown", "source": "no title", "metadata": {}},
