@@ -5,7 +5,9 @@ batch 32, peak lr 0.025) stepped per epoch runs epoch 0 at lr 0.00025 and epoch 
 jump between two steps. This script trains IR-NET with its own small, instrumented loop built from
 the library's public pieces (``irnet``, ``load_dataset`` / ``make_loader``, ``Recipe`` /
 ``make_optimizer`` / ``make_scheduler``), so that the batches, the initial weights and the update
-rule are those of ``python -m irnet_lib.train`` for the same seed.
+rule are those of ``python -m irnet_lib.train`` for the same seed. The "library" CondConv formulation
+is the one that command runs by default (``--fast``) and that produced ``results/condconv-collapse``:
+``irnet_lib.fast.condconv.condconv2d`` (see ``set_impl``).
 
 Sub-commands (each skips what its output folder already holds; ``--force`` redoes it):
 
@@ -46,6 +48,7 @@ from irnet_lib import irnet
 from irnet_lib.blocks import InvertedResidual, SqueezeExcite
 from irnet_lib.condconv import CondConv2d, Routing
 from irnet_lib.data import load_dataset, make_loader
+from irnet_lib.fast.condconv import condconv2d as fast_condconv2d
 from irnet_lib.recipe import Recipe, make_optimizer, make_scheduler
 
 DATA = "fashion-mnist-sample"
@@ -127,15 +130,19 @@ def apply_lr_mult(opt):
 
 # --------------------------------------------------------------------- other formulations
 
-_LIBRARY_CONDCONV2D = cc.condconv2d
+# "library": the formulation the stored results were produced with (the library's default CPU path
+# then, ``condconv2d(method="auto")``; now the fast layer's, which ``python -m irnet_lib.train`` runs by
+# default). It reproduces the stored agreement.json numbers exactly. The core's ``cc.condconv2d`` (mix,
+# fold, one grouped conv) is the same computation as ``condconv2d_timm`` below (identical ``agree`` numbers).
+_LIBRARY_CONDCONV2D = fast_condconv2d
 
 
-def condconv2d_reference(x, weight, routing_weights, stride=1, padding=0, groups=1, *, method="auto"):
+def condconv2d_reference(x, weight, routing_weights, stride=1, padding=0, groups=1):
     """The library's own ground truth: one example at a time, in Python."""
     return cc.condconv2d_reference(x, weight, routing_weights.to(x.dtype), stride, padding, groups)
 
 
-def condconv2d_timm(x, weight, routing_weights, stride=1, padding=0, groups=1, *, method="auto"):
+def condconv2d_timm(x, weight, routing_weights, stride=1, padding=0, groups=1):
     """An independent reimplementation in the style of timm's CondConv2d: mix the kernels, fold
     the batch into the channels, one grouped conv over the whole batch (NCHW)."""
     B, C, H, W = x.shape
@@ -146,7 +153,12 @@ def condconv2d_timm(x, weight, routing_weights, stride=1, padding=0, groups=1, *
 
 
 def set_impl(impl: str):
-    """Swap the function CondConv2d.forward calls (looked up in irnet_lib.condconv at call time)."""
+    """Swap the function CondConv2d.forward calls (looked up in irnet_lib.condconv at call time).
+    CondConv2d.forward prefers ``cc.fast_implementation`` when ``irnet_lib.fast`` is enabled, which
+    would bypass the swap: the fast layer stays off here ("library" calls its function directly)."""
+    if cc.fast_implementation is not None:
+        raise RuntimeError("irnet_lib.fast is enabled: CondConv2d would ignore the formulation set here; "
+                           "run this script with the fast layer off")
     cc.condconv2d = {"library": _LIBRARY_CONDCONV2D, "reference": condconv2d_reference,
                      "timm": condconv2d_timm}[impl]
 
@@ -238,7 +250,8 @@ class Tracer:
         ref = expert.mean()
         self._put("kernel", name, {
             "mean_mixed_over_expert": (k.mean() / ref).item(), "max_mixed_over_expert": (k.max() / ref).item(),
-            "min_mixed_over_expert": (k.min() / ref).item(), "spread_max_over_min": (k.max() / k.min().clamp_min(1e-30)).item(),
+            "min_mixed_over_expert": (k.min() / ref).item(),
+            "spread_max_over_min": (k.max() / k.min().clamp_min(1e-30)).item(),
             "expert_norm": ref.item(), "out_rms": out.detach().float().pow(2).mean().sqrt().item()})
 
     @torch.no_grad()
@@ -267,7 +280,7 @@ class Tracer:
         """Before the optimizer step: gradient and weight norms; keeps the weights for the update norm."""
         self._before = [p.detach().clone() for _, p, _ in self.params]
         per = {}
-        for n, p, g in self.params:
+        for n, p, _ in self.params:
             per[n] = {"grad": p.grad.norm().item() if p.grad is not None else 0.0, "weight": p.norm().item()}
         self.cur["param"] = per
         lg = logits.detach().float()
@@ -275,7 +288,7 @@ class Tracer:
 
     @torch.no_grad()
     def after_step(self, row: dict):
-        for (n, p, g), before in zip(self.params, self._before):
+        for (n, p, _), before in zip(self.params, self._before):
             self.cur["param"][n]["update"] = (p.detach() - before).norm().item()
         del self._before
         row = dict(row, **self.cur)
@@ -314,7 +327,7 @@ class Tracer:
             s["logits.max_abs"] = r["logits"]["max_abs"]
             s["logits.std"] = r["logits"]["std"]
             groups = {}
-            for n, p, g in self.params:
+            for n, _, g in self.params:
                 d = r["param"][n]
                 acc = groups.setdefault(g, [0.0, 0.0, 0.0])
                 acc[0] += d["grad"] ** 2
@@ -361,8 +374,9 @@ def train_one(out: Path, block: str, variant: str, seed: int, impl: str = "libra
             if not quiet:
                 print(f"[skip] {name}: done ({path})")
             return rec
-    from irnet_lib.allocator import reuse_freed_memory
-    reuse_freed_memory()   # as irnet_lib.train.fit does on a CPU
+    from irnet_lib.fast.allocator import reuse_freed_memory
+    # speed only, as irnet_lib.train.fit(fast=True) does on a CPU (the formulation is set by set_impl)
+    reuse_freed_memory()
     set_impl(impl)
     data, train_loader, test_loader = data_and_loaders(seed)
     recipe = recipe_for(variant, data.num_classes)
@@ -660,7 +674,8 @@ class _EvalZ:
     def _hook(self, name):
         def f(bn, inp, out):
             x = inp[0].detach().double()
-            z2 = ((x - bn.running_mean.double()[:, None, None]) ** 2).mean(dim=(0, 2, 3)) / (bn.running_var.double() + bn.eps)
+            z2 = (((x - bn.running_mean.double()[:, None, None]) ** 2).mean(dim=(0, 2, 3))
+                  / (bn.running_var.double() + bn.eps))
             self.z.setdefault(name, []).append(z2)
         return f
 
@@ -721,7 +736,7 @@ def _gain(model, test, scales=(1.0, 2.0, 4.0)):
                     state.update(s=1.0, mode="record", store={})
                     with torch.no_grad():
                         model.eval()
-                        for i, (x, y) in enumerate(test):
+                        for i, (x, _) in enumerate(test):
                             state["i"] = i
                             model(x)
                 state.update(s=sc, mode="hold" if held else None)
@@ -753,6 +768,7 @@ def cmd_jump(args):
     if path.is_file() and not args.force:
         print(f"[skip] {path} exists")
         return
+    set_impl("library")   # the formulation the saved state was trained with (not the core's, the import-time one)
     res = {}
     for block in args.blocks:
         st_path = args.out / "ckpt" / run_name(block, "baseline", "library", args.seed) / "state_epoch0.pt"
@@ -774,15 +790,17 @@ def cmd_jump(args):
         out = {"lr": opt.param_groups[0]["lr"], "steps": []}
         before = ez.measure(test)
         out["before"] = before
-        print(f"\n{block}: after epoch 0, eval mode: test loss {before['eval_loss']:.4g}, acc {before['eval_acc']:.2f} %")
+        print(f"\n{block}: after epoch 0, eval mode: test loss {before['eval_loss']:.4g}, "
+              f"acc {before['eval_acc']:.2f} %")
         out["gain"] = _gain(model, test)
         for k, v in out["gain"].items():
-            print(f"  stem output x {k}: eval test loss {v['eval_loss']:.4g}, z RMS at the stem BN {v['stem_z_rms']:.3g}, "
-                  f"at the head BN {v['head_z_rms']:.3g}")
+            print(f"  stem output x {k}: eval test loss {v['eval_loss']:.4g}, "
+                  f"z RMS at the stem BN {v['stem_z_rms']:.3g}, at the head BN {v['head_z_rms']:.3g}")
         first_batch = next(iter(train_loader))
         # The first step again with SGD's momentum buffers (filled at lr 0.00025) cleared, then undone
         snap_m, snap_o = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-        for lab, clear in (("with the momentum buffers of epoch 0 (as trained)", False), ("momentum buffers cleared", True)):
+        for lab, clear in (("with the momentum buffers of epoch 0 (as trained)", False),
+                           ("momentum buffers cleared", True)):
             if clear:
                 for st_ in opt.state.values():
                     if st_.get("momentum_buffer") is not None:
@@ -837,17 +855,22 @@ def cmd_jump(args):
             zr = after["z_rms"]
             order = list(zr)
             first = next((n for n in order if zr[n] > 3 * before["z_rms"][n] and zr[n] > 3), None)
-            print(f"  step {k} (lr {opt.param_groups[0]['lr']:.4g}): train loss {loss.item():.4f}; eval mode: test loss "
-                  f"{after['eval_loss']:.4g}, acc {after['eval_acc']:.2f} %; first BN (forward order) whose input "
-                  f"left its running statistics (z RMS > 3 and > 3x before): {first} "
-                  f"({zr[first]:.3g} vs {before['z_rms'][first]:.3g} before)" if first else
-                  f"  step {k}: train loss {loss.item():.4f}; eval test loss {after['eval_loss']:.4g}, acc {after['eval_acc']:.2f} %, no BN left its statistics")
+            if first:
+                print(f"  step {k} (lr {opt.param_groups[0]['lr']:.4g}): train loss {loss.item():.4f}; eval mode: "
+                      f"test loss {after['eval_loss']:.4g}, acc {after['eval_acc']:.2f} %; first BN (forward order) "
+                      f"whose input left its running statistics (z RMS > 3 and > 3x before): {first} "
+                      f"({zr[first]:.3g} vs {before['z_rms'][first]:.3g} before)")
+            else:
+                print(f"  step {k}: train loss {loss.item():.4f}; eval test loss {after['eval_loss']:.4g}, "
+                      f"acc {after['eval_acc']:.2f} %, no BN left its statistics")
             top = sorted(zr.items(), key=lambda kv: -kv[1])[:5]
-            print("    largest BN input mismatch (z RMS):", ", ".join(f"{n} {v:.3g} (before {before['z_rms'][n]:.3g})" for n, v in top))
+            print("    largest BN input mismatch (z RMS):",
+                  ", ".join(f"{n} {v:.3g} (before {before['z_rms'][n]:.3g})" for n, v in top))
             print(f"    BN buffers updated, weights not: test loss {rec['none']['eval_loss']:.4g}")
             for g in rec["only"]:
-                print(f"    only {g:<8} updated: test loss {rec['only'][g]['eval_loss']:.4g} (max z RMS {rec['only'][g]['max_z_rms']:.3g});"
-                      f"  all but {g:<8}: {rec['all_but'][g]['eval_loss']:.4g} (max z RMS {rec['all_but'][g]['max_z_rms']:.3g})")
+                o, a = rec["only"][g], rec["all_but"][g]
+                print(f"    only {g:<8} updated: test loss {o['eval_loss']:.4g} (max z RMS {o['max_z_rms']:.3g});"
+                      f"  all but {g:<8}: {a['eval_loss']:.4g} (max z RMS {a['max_z_rms']:.3g})")
         ez.remove()
         res[block] = out
     args.out.mkdir(parents=True, exist_ok=True)
@@ -878,7 +901,8 @@ def cmd_report(args):
                      # judged on complete runs only (the reference run stops after epoch 1)
                      "final_lt_20": r["final_acc"] < COLLAPSE_ACC if r["complete"] else None,
                      "test_loss_spike_gt_10": r["max_test_loss"] > COLLAPSE_LOSS,
-                     "collapsed": r["collapsed"] if r["complete"] else None, "minutes": round(r["wall_seconds"] / 60, 2)})
+                     "collapsed": r["collapsed"] if r["complete"] else None,
+                     "minutes": round(r["wall_seconds"] / 60, 2)})
     df = pd.DataFrame(rows).sort_values(["block", "variant", "impl", "trace", "seed"])
     df.to_csv(out / "runs.csv", index=False)
     summ = []
@@ -900,7 +924,8 @@ def cmd_report(args):
                      "best_acc_per_seed": " / ".join(f"{a:.2f}" for a in g.best_acc),
                      "peak_epoch_train_loss_mean": round(pm, 3), "peak_epoch_train_loss_sd": round(ps, 3),
                      "max_test_loss_per_seed": " / ".join(f"{a:.3g}" for a in g.max_test_loss),
-                     "minutes_per_run": round(g.minutes.mean(), 2), "_o": (block != "condconv", order.get(variant, 99), impl)})
+                     "minutes_per_run": round(g.minutes.mean(), 2),
+                     "_o": (block != "condconv", order.get(variant, 99), impl)})
     sm = pd.DataFrame(summ).sort_values("_o").drop(columns="_o")
     sm.to_csv(out / "summary.csv", index=False)
     total_min = round(sum(r["wall_seconds"] for r in recs) / 60, 1)
@@ -1036,10 +1061,13 @@ def _figure_trace(out: Path):
         ("training loss of each step (train mode)", [("train_loss", "CondConv", "C0", "-")],
          [("train_loss", "SE", "C0", ":")], False),
         ("stem conv (plain): |dW|/|W| per step; stem BN batch variance / 1000",
-         [("rel_update.stem_conv", "CondConv |dW|/|W|", "C3", "-"), ("bn.stem.batch_var/1000", "CondConv stem BN batch var / 1000", "C2", "-")],
-         [("rel_update.stem_conv", "SE |dW|/|W|", "C3", ":"), ("bn.stem.batch_var/1000", "SE stem BN batch var / 1000", "C2", ":")], True),
+         [("rel_update.stem_conv", "CondConv |dW|/|W|", "C3", "-"),
+          ("bn.stem.batch_var/1000", "CondConv stem BN batch var / 1000", "C2", "-")],
+         [("rel_update.stem_conv", "SE |dW|/|W|", "C3", ":"),
+          ("bn.stem.batch_var/1000", "SE stem BN batch var / 1000", "C2", ":")], True),
         ("(a) routing logits (pre-sigmoid), max |logit| over layers and batch",
-         [("routing.max_abs_logit", "CondConv: routing", "C1", "-"), ("se.max_abs_logit", "CondConv: SE gates", "C2", "-")],
+         [("routing.max_abs_logit", "CondConv: routing", "C1", "-"),
+          ("se.max_abs_logit", "CondConv: SE gates", "C2", "-")],
          [("se.max_abs_logit", "SE net: SE gates", "C2", ":")], True),
         ("(a) routing outputs, worst layer", [("routing.frac_r_lt_0.01", "fraction r < 0.01", "C1", "-"),
                                               ("routing.frac_r_gt_0.99", "fraction r > 0.99", "C5", "-"),
@@ -1047,18 +1075,24 @@ def _figure_trace(out: Path):
         ("(b) BN running_var / batch_var, max over channels and layers", [("bn.max_var_ratio", "CondConv", "C0", "-")],
          [("bn.max_var_ratio", "SE", "C0", ":")], True),
         ("(c) gradient norm by group", [("grad.experts", "experts", "C0", "-"), ("grad.routing", "routing", "C1", "-"),
-                                         ("grad.bn", "BN", "C2", "-"), ("grad.plain", "plain (stem, head, classifier)", "C3", "-"),
+                                         ("grad.bn", "BN", "C2", "-"),
+                                         ("grad.plain", "plain (stem, head, classifier)", "C3", "-"),
                                          ("grad.se", "SE", "C4", "-")],
          [("grad.plain", "SE net: convs, classifier", "C3", ":"), ("grad.bn", "SE net: BN", "C2", ":")], True),
         ("(c) relative update |dW|/|W| by group", [("rel_update.experts", "experts", "C0", "-"),
                                                    ("rel_update.routing", "routing", "C1", "-"),
-                                                   ("rel_update.bn", "BN", "C2", "-"), ("rel_update.plain", "plain", "C3", "-")],
+                                                   ("rel_update.bn", "BN", "C2", "-"),
+                                                   ("rel_update.plain", "plain", "C3", "-")],
          [("rel_update.plain", "SE net: convs, classifier", "C3", ":")], True),
-        ("(d) mixed per-example kernel norm / mean expert norm", [("kernel.max_mixed_over_expert", "max over batch & layers", "C0", "-"),
-                                                                   ("kernel.min_mixed_over_expert", "min over batch & layers", "C1", "-")],
+        ("(d) mixed per-example kernel norm / mean expert norm",
+         [("kernel.max_mixed_over_expert", "max over batch & layers", "C0", "-"),
+          ("kernel.min_mixed_over_expert", "min over batch & layers", "C1", "-")],
          [], True),
-        ("(e) activations", [("logits.max_abs", "CondConv max |logit|", "C0", "-"), ("block.out_rms", "CondConv max block-output RMS", "C1", "-")],
-         [("logits.max_abs", "SE max |logit|", "C0", ":"), ("block.out_rms", "SE max block-output RMS", "C1", ":")], True),
+        ("(e) activations",
+         [("logits.max_abs", "CondConv max |logit|", "C0", "-"),
+          ("block.out_rms", "CondConv max block-output RMS", "C1", "-")],
+         [("logits.max_abs", "SE max |logit|", "C0", ":"), ("block.out_rms", "SE max block-output RMS", "C1", ":")],
+         True),
     ]
     for d in ds.values():
         d["bn.stem.batch_var/1000"] = d["bn.stem.batch_var"] / 1000
@@ -1162,7 +1196,8 @@ def main(argv=None):
     s.add_argument("--blocks", nargs="+", default=["condconv", "se"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int, default=1)
-    s.add_argument("--test-batches", type=int, default=4, help="test batches of 32 to evaluate on (default 4: 128 images)")
+    s.add_argument("--test-batches", type=int, default=4,
+                   help="test batches of 32 to evaluate on (default 4: 128 images)")
     sub.add_parser("report", help="tables and figures from what the output folder holds")
     sub.add_parser("all", help="trace, sweep, agree, jump, impl, report")
     args = p.parse_args(argv)
