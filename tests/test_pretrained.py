@@ -1,6 +1,5 @@
 """The trained networks that come with the repository: verified before they are read, small, and as
 good on real Fashion-MNIST test images as their manifest says."""
-import json
 import shutil
 
 import pytest
