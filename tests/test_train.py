@@ -3,6 +3,9 @@ a CPU, and IR-NET on the embedded sample. Tiny models and stand-in data keep it 
 a kill, non-finite values and bad input: test_reliability.py."""
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -301,3 +304,24 @@ def test_the_fast_layer_trains_the_same_network(tmp_path):
         losses[on] = run.history.train_loss.tolist() + run.history.test_loss.tolist()
         assert run.meta["fast"] is False if not on else run.meta["fast"]["enabled"]
     assert losses[True] == pytest.approx(losses[False], rel=1e-6)   # test losses are summed in fp32
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_without_the_fast_layer_a_run_leaves_the_process_alone(tmp_path):
+    """train() with fast off: no mallopt call, no compiled library of the project mapped into the process.
+    In a fresh process, so that nothing another test did counts."""
+    code = textwrap.dedent("""
+        import sys
+        import irnet_lib.fast.allocator as allocator
+        from irnet_lib import train
+        calls = []
+        allocator._libc = lambda: calls.append("mallopt") or None        # every mallopt goes through _libc
+        run = train.main(["--block", "condconv", "--data", "fashion-mnist-sample", "--train-subset", "20",
+                          "--test-subset", "10", "--epochs", "1", "--batch-size", "10", "--out", sys.argv[1],
+                          "--quiet", "--no-fast", "--channels-last"])
+        mapped = [line for line in open("/proc/self/maps") if "irnet" in line and ".so" in line]
+        print(len(run.history), calls, mapped)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "1 [] []"
