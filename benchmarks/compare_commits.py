@@ -33,6 +33,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _interleave import interleaved  # noqa: E402
+
 import irnet_lib  # noqa: E402
 from irnet_lib import fast  # noqa: E402
 from irnet_lib.fast import allocator  # noqa: E402
@@ -85,15 +87,7 @@ def main(argv=None):
             steps[block, args.rev] = Step(other, block, args.batch, None)
             steps[block, "core"] = Step(irnet_lib, block, args.batch, False)
             steps[block, "fast"] = Step(irnet_lib, block, args.batch, True)
-        for step in steps.values():   # warm-up (kernel builds, first-touch memory), then one interleaved pass
-            step(), step()
-        for step in steps.values():
-            step()
-        times = {k: [] for k in steps}
-        for rep in range(args.reps):
-            for k, step in steps.items():
-                times[k].append(step())
-            print(f"repetition {rep + 1}/{args.reps}", file=sys.stderr)
+        times = interleaved(steps, args.reps, warmup=3)
     print(f"{hardware_name('cpu')}, torch {torch.__version__}, batch {args.batch}, channels_last fp32, "
           f"{args.reps} interleaved repetitions; images/s (median), and paired ratios of step times")
     for block in args.blocks:

@@ -1097,20 +1097,18 @@ def _figure_trace(out: Path):
     for d in ds.values():
         d["bn.stem.batch_var/1000"] = d["bn.stem.batch_var"] / 1000
     fig, axes = plt.subplots(5, 2, figsize=(14, 18), sharex=True)
-    for ax, (title, cols, secols, log) in zip(axes.flat, panels):
+    def draw(ax, frame, cols, lw, mean_color, name):
         for col, lab, color, ls in cols:
-            if col in c:
-                ax.plot(c.global_step, c[col], ls, color=color, label=lab, lw=1.4)
+            if col in frame:
+                ax.plot(frame.global_step, frame[col], ls, color=color, label=lab, lw=lw)
                 if col == "train_loss":
-                    ax.plot(c.global_step, c[col].rolling(8, min_periods=1).mean(), ls, color="k", lw=2,
-                            label="CondConv, mean of 8 steps")
+                    ax.plot(frame.global_step, frame[col].rolling(8, min_periods=1).mean(), ls, color=mean_color,
+                            lw=2, label=f"{name}, mean of 8 steps")
+
+    for ax, (title, cols, secols, log) in zip(axes.flat, panels):
+        draw(ax, c, cols, 1.4, "k", "CondConv")
         if se is not None:
-            for col, lab, color, ls in secols:
-                if col in se:
-                    ax.plot(se.global_step, se[col], ls, color=color, label=lab, lw=1.2)
-                    if col == "train_loss":
-                        ax.plot(se.global_step, se[col].rolling(8, min_periods=1).mean(), ls, color="grey", lw=2,
-                                label="SE, mean of 8 steps")
+            draw(ax, se, secols, 1.2, "grey", "SE")
         if log:
             ax.set_yscale("log")
         ax.axvline(jump - 0.5, color="k", lw=0.8)

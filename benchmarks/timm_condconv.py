@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _interleave import interleaved  # noqa: E402
+
 import irnet_lib  # noqa: E402
 from irnet_lib import fast  # noqa: E402
 from irnet_lib.condconv import CondConv2d  # noqa: E402
@@ -84,13 +86,7 @@ def main(argv=None):
                 outs[name] = step.__defaults__[0](x[:8])
     print("largest difference of the logits from core's (train mode, 8 images):",
           {k: f"{(v - outs['core']).abs().max().item():.1e}" for k, v in outs.items() if k != "core"})
-    for step in cases.values():   # warm-up, then one interleaved pass
-        step(), step()
-    times = {k: [] for k in cases}
-    for rep in range(args.reps):
-        for k, step in cases.items():
-            times[k].append(step())
-        print(f"repetition {rep + 1}/{args.reps}", file=sys.stderr)
+    times = interleaved(cases, args.reps)
     print(f"IR-NET [C], {hardware_name('cpu')}, torch {torch.__version__}, batch {args.batch}, channels_last fp32, "
           f"{args.reps} interleaved repetitions")
     for k in cases:
