@@ -1,13 +1,13 @@
 """Why the CondConv network collapses when the warm-up lr is stepped once per epoch, and what prevents it.
 
-The quick recipe (the embedded 1,200 / 400-image Fashion-MNIST sample, 3 epochs, 1 warm-up epoch,
-batch 32, peak lr 0.025) stepped per epoch runs epoch 0 at lr 0.00025 and epoch 1 at 0.025: a 100x
-jump between two steps. This script trains IR-NET with its own small, instrumented loop built from
-the library's public pieces (``irnet``, ``load_dataset`` / ``make_loader``, ``Recipe`` /
-``make_optimizer`` / ``make_scheduler``), so that the batches, the initial weights and the update
-rule are those of ``python -m irnet_lib.train`` for the same seed. The "library" CondConv formulation
-is the one that command runs by default (``--fast``) and that produced ``results/condconv-collapse``:
-``irnet_lib.fast.condconv.condconv2d`` (see ``set_impl``).
+The 3-epoch sample recipe (the embedded 1,200 / 400-image Fashion-MNIST sample, 3 epochs, 1 warm-up
+epoch, batch 32, peak lr 0.025; the figures' "quick recipe") stepped per epoch runs epoch 0 at lr
+0.00025 and epoch 1 at 0.025: a 100x jump between two steps. This script trains IR-NET with its own
+small, instrumented loop built from the library's public pieces (``irnet``, ``load_dataset`` /
+``make_loader``, ``Recipe`` / ``make_optimizer`` / ``make_scheduler``), so that the batches, the
+initial weights and the update rule are those of ``python -m irnet_lib.train`` for the same seed.
+The "library" CondConv formulation is the one that command runs by default (``--fast``) and that
+produced ``results/condconv-collapse``: ``irnet_lib.fast.condconv.condconv2d`` (see ``set_impl``).
 
 Sub-commands (each skips what its output folder already holds; ``--force`` redoes it):
 
@@ -57,7 +57,7 @@ SEEDS = (0, 1, 2)
 COLLAPSE_ACC = 20.0    # final test accuracy (%) below this: collapsed
 COLLAPSE_LOSS = 10.0   # or any epoch's test loss above this (chance is ln 10 = 2.30)
 
-# Candidate changes to the quick recipe (3 epochs, 1 warm-up, lr stepped per epoch). Keys:
+# Candidate changes to the 3-epoch sample recipe (3 epochs, 1 warm-up, lr stepped per epoch). Keys:
 #   epochs / warmup / lr_step: the schedule; clip: global grad-norm clip; routing_init: "zero" sets
 #   every Routing.fc weight and bias to 0 (r = 0.5 for every expert and example at the start);
 #   routing_lr: lr multiplier of the Routing.fc parameters.

@@ -69,6 +69,18 @@ def test_table4_guard(tmp_path, monkeypatch, capsys):
     assert "Table 4 skipped" in capsys.readouterr().out
 
 
+def test_quick_recipe_is_what_the_quick_flag_builds():
+    """Notebook 06 trains with ``quick_recipe()``; the command line with ``--quick``: one recipe."""
+    from irnet_lib.recipe import recipe_from_args
+    from irnet_lib.reproduce import QUICK, _parser, quick_recipe
+
+    args = _parser().parse_args(["--quick"])
+    for k, v in QUICK.items():
+        setattr(args, k, v)
+    assert recipe_from_args(args) == quick_recipe()
+    assert quick_recipe().lr_step == "iteration" and quick_recipe().train_num_epochs == QUICK["epochs"]
+
+
 def test_quick_command_end_to_end(tmp_path):
     """The README's main job, shrunk further: three blocks, two epochs of ten images each."""
     df = main(["--quick", "--train-subset", "10", "--test-subset", "10", "--epochs", "2", "--batch-size", "10",
