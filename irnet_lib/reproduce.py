@@ -41,8 +41,8 @@ LABELS = {p.block: p.label for p in TABLE_3}
 #: 400 test images), the recipe's shape in 2 epochs at batch 16: 126 optimizer steps per block, about 2
 #: minutes for the three blocks on a 2-core CPU (notebook 06 trains the same). Enough to leave chance
 #: (10 %) well behind (43.5-59.5 % on that CPU), far from converged: a check of the whole pipeline, not
-#: a result (the committed real runs are in results/). Batch 16, because a CPU is no faster per image at
-#: a larger batch: the small batch buys optimizer steps for free. The lr is stepped per iteration: with
+#: a result (the committed real runs are in results/). Batch 16, because a CPU gains little per image from
+#: a larger batch: the small batch buys optimizer steps cheaply. The lr is stepped per iteration: with
 #: one warm-up epoch the per-epoch schedule jumps 100x between two epochs, which the CondConv block does
 #: not survive (measured on the sample and on the full data on a GPU, results/README.md); per iteration
 #: the same curve ramps up over the warm-up epoch's steps.
