@@ -6,7 +6,12 @@
 #   faithful  the paper's recipe as it is (55 epochs, 5 warm-up, lr stepped per epoch, batch 256, lr 0.2)
 #             on all of Fashion-MNIST, block after block, each resumed from its checkpoint until done;
 #             stops starting epochs after $FAITHFUL_S seconds, so that a call ends in time; packs the
-#             fp16 weights of finished blocks for irnet_lib/pretrained;
+#             fp16 weights of finished blocks for irnet_lib/pretrained. An unfinished run's last.pt
+#             comes back in 15 MB pieces (OUT/resume-BLOCK-last.pt.partNN, where it is at most
+#             $RESUME_MB MB: the standard and SE runs, not CondConv's 61 MB); a later call on another
+#             machine resumes it from those pieces placed in $RESUME_DIR (default gpu-resume/,
+#             git-ignored). $FAITHFUL_ARGS: more train flags (a CPU dry run: --device cpu
+#             --train-subset 64 --test-subset 32 --epochs 3 --warmup-epochs 1);
 #   seeds     the 10-epoch recipe stepped per iteration, $SEEDS seeds per block (error bars);
 #   bench     benchmarks/bench.py: the three variants and MobileNetV2 in eager, bf16 (the teaching code),
 #             fast_bf16, graph_bf16 (the command line's default) and reduce_overhead_bf16 (batch 256), with
@@ -33,6 +38,8 @@ STAGES=${STAGES:-fp16 faithful}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-0 1 2}
 FAITHFUL_S=${FAITHFUL_S:-480}
+RESUME_DIR=${RESUME_DIR:-gpu-resume}
+RESUME_MB=${RESUME_MB:-30}
 BLOCKS=${BLOCKS:-standard se condconv}
 FMNIST_NAME=${FMNIST_NAME:-fashion-mnist-gpu-${EPOCHS}ep}   # and FMNIST_ARGS: more reproduce flags
 mkdir -p "$OUT"
@@ -61,24 +68,51 @@ for stage in $STAGES; do
           --out "$WORK/fp16-check/standard" ;;
     faithful)
       start=$(date +%s)
+      for block in $BLOCKS; do   # pieces of a run stopped on another machine: put back together
+        dir=$WORK/fashion-mnist-gpu-55ep/$block
+        if [ ! -f "$dir/last.pt" ] && ls "$RESUME_DIR/resume-$block-last.pt.part"* >/dev/null 2>&1; then
+          mkdir -p "$dir" && cat "$RESUME_DIR/resume-$block-last.pt.part"* > "$dir/last.pt"
+          log "faithful recipe, $block: resuming from the pieces in $RESUME_DIR"
+        fi
+      done
       for block in $BLOCKS; do
         left=$(( FAITHFUL_S - ($(date +%s) - start) ))
         [ "$left" -gt 20 ] || break
         log "faithful recipe, $block, at most ${left} s in this call (resumes from $WORK/fashion-mnist-gpu-55ep/$block)"
         timeout --signal=TERM "$left" python3 -m irnet_lib.train --block "$block" --data fashion-mnist \
-            --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu-55ep/$block" --quiet
+            --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu-55ep/$block" --quiet ${FAITHFUL_ARGS:-}
         pack
+      done
+      rm -f "$OUT"/resume-*-last.pt.part*
+      for block in $BLOCKS; do   # an unfinished run's checkpoint, in pieces that OUT lets back
+        last=$WORK/fashion-mnist-gpu-55ep/$block/last.pt
+        [ -f "$last" ] || continue
+        if python3 -c "
+import sys; sys.path.insert(0, '.')
+from irnet_lib.runs import read_history
+run = read_history('$WORK/fashion-mnist-gpu-55ep/$block')
+sys.exit(len(run.history) < run.planned_epochs)"; then continue; fi
+        if [ "$(stat -c %s "$last")" -le $(( RESUME_MB * 1000000 )) ]; then
+          split -b 15000000 -d "$last" "$OUT/resume-$block-last.pt.part"
+          log "faithful recipe, $block: unfinished; its last.pt is back in $(ls "$OUT/resume-$block-last.pt.part"* | wc -l) pieces"
+        else
+          log "faithful recipe, $block: unfinished; its last.pt ($(stat -c %s "$last") bytes) is too large to come back"
+        fi
       done
       python3 -m irnet_lib.reproduce --from-results "$WORK/fashion-mnist-gpu-55ep" \
           --figure "$WORK/fig5_fashion-mnist-gpu-55ep.png" --quiet || true
       for block in $BLOCKS; do   # the fp16 weights of finished runs, each a file of its own (OUT's limits)
-        [ -f "$WORK/fashion-mnist-gpu-55ep/$block/best.pt" ] && python3 -c "
-import sys, torch; sys.path.insert(0, '.')
+        # best.pt, or last.pt where the best epoch's file stayed on a machine the run left
+        [ -f "$WORK/fashion-mnist-gpu-55ep/$block/last.pt" ] && python3 -c "
+import os, sys, torch; sys.path.insert(0, '.')
 from irnet_lib.runs import load_checkpoint, read_history
-run = read_history('$WORK/fashion-mnist-gpu-55ep/$block')
+folder = '$WORK/fashion-mnist-gpu-55ep/$block'
+run = read_history(folder)
 if len(run.history) == run.planned_epochs:
-    best = load_checkpoint('$WORK/fashion-mnist-gpu-55ep/$block/best.pt')
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in best['model'].items()}, '$OUT/$block-55ep-best-fp16.pt')"
+    which = 'best' if os.path.exists(folder + '/best.pt') else 'last'
+    ckpt = load_checkpoint(f'{folder}/{which}.pt')
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()},
+               f'$OUT/$block-55ep-{which}-fp16.pt')"
       done ;;
     seeds)
       for seed in $SEEDS; do
