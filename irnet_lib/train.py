@@ -465,7 +465,8 @@ def _row(epoch, lr, tr, te, train_seconds, epoch_seconds, history) -> dict:
 
 def _print_epoch(row, label, epochs):
     from tqdm.auto import tqdm
-    tqdm.write(f"{label + ' ' if label else ''}epoch {row['epoch']:>2}/{epochs} lr {row['lr']:.5f} | train loss "
+    # Counted from 1 like the progress bar; the files count from 0 like the course. The lr is the epoch's first.
+    tqdm.write(f"{label + ' ' if label else ''}epoch {row['epoch'] + 1:>2}/{epochs} lr {row['lr']:.3g} | train loss "
                f"{row['train_loss']:.4f} acc {row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} "
                f"acc {row['test_acc']:.2f}% | {row['epoch_seconds']:.1f} s, {row['train_images_per_s']:.1f} img/s")
 
