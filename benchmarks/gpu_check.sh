@@ -18,7 +18,10 @@
 #             the 55-epoch projection in graph_bf16 (130k random 64 px images, tensor pipeline);
 #   project   the bench in graph_bf16 mode only, with its projection;
 #   profile   benchmarks/gpu_profile.py: kernels per step, GPU time against wall time;
-#   compile   torch.compile + bf16, with its projection.
+#   compile   torch.compile + bf16, with its projection;
+#   triton    benchmarks/triton_depthwise.py: CondConv's per-example depthwise conv as Triton kernels,
+#             checked against the fold (fp32, bf16), then timed against it per layer and in a whole
+#             bf16 training step of the CondConv network (a candidate for the fast layer).
 # Everything is packed into OUT/results.tgz (checkpoints left out) after each stage, and the bench
 # saves its JSON as it goes, so a stage stopped by its limit keeps what it measured. Training runs
 # keep their checkpoints in $WORK (outside OUT): a second call on the same warm machine resumes them.
@@ -139,6 +142,9 @@ if len(run.history) == run.planned_epochs:
       log "bench: torch.compile + bf16"
       timeout "${COMPILE_S:-420}" python3 benchmarks/bench.py --device cuda --modes compile_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-compile" ;;
+    triton)
+      log "candidate: Triton per-example depthwise kernels for CondConv"
+      timeout "${TRITON_S:-240}" python3 benchmarks/triton_depthwise.py --check --bench --out "$WORK/triton-depthwise" ;;
     fmnist)
       # one block at a time, packed after each: a stage stopped by its limit keeps finished blocks
       for block in $BLOCKS; do
@@ -148,7 +154,7 @@ if len(run.history) == run.planned_epochs:
             --epochs "$EPOCHS" --warmup-epochs 1 --blocks $block --quiet ${FMNIST_ARGS:-}
         pack
       done ;;
-    *) echo "unknown stage $stage (test, fp16, faithful, seeds, bench, project, profile, compile, fmnist)"; exit 2 ;;
+    *) echo "unknown stage $stage (test, fp16, faithful, seeds, bench, project, profile, compile, triton, fmnist)"; exit 2 ;;
   esac
   pack
 done
