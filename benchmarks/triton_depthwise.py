@@ -3,8 +3,9 @@
 On a GPU the fast layer runs a conditional depthwise conv as the core does, folding the batch into
 the channel axis (``irnet_lib.fast.condconv._folded``), and the profile's largest CondConv kernel is
 that fold's transposing copy. These kernels read the channels_last tensor where it lies: one
-program per (example, tile of pixels, tile of channels) applies that example's own F x F kernel,
-the gradients are two more kernels (input: the same taps mirrored; kernel: a sum over the pixels).
+program per (example, tile of pixels, tile of channels) applies that example's own F x F kernel.
+The same kernel, its taps mirrored, gives the input's gradient; a second sums the kernel's gradient
+over the pixels.
 The per-example kernels come in tap-major, (B, F, F, C), as the CPU operator takes them
 (``irnet_lib.fast.depthwise``), so both are mixed the same way.
 
@@ -42,48 +43,33 @@ LAYERS = [(64, 56, 1)] * 2 + [(96, 56, 1), (96, 56, 2)] + [(160, 28, 1)] * 2 + [
 
 
 @triton.jit
-def _forward_kernel(x, k, y, H, W, C, Ho, Wo, stride, FS: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
+def _taps_kernel(src, k, dst, Hs, Ws, C, Hd, Wd, stride, FS: tl.constexpr, TRANSPOSED: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dst[b, p] = sum over taps (i, j) of src[b, q] k[b, i, j], one program per (example, tile of dst
+    pixels, tile of channels). Forward (src x, dst y): q = p * stride + tap - FS // 2. Gradient of the
+    input (TRANSPOSED; src grad y, dst grad x): the q with q * stride + tap - FS // 2 = p."""
     b_tile, c_tile = tl.program_id(0), tl.program_id(1)
-    tiles = tl.cdiv(Ho * Wo, BLOCK_P)
+    tiles = tl.cdiv(Hd * Wd, BLOCK_P)
     b, p = b_tile // tiles, (b_tile % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
-    ho, wo = p // Wo, p % Wo
-    p_ok, c_ok = p < Ho * Wo, c < C
+    hd, wd = p // Wd, p % Wd
+    p_ok, c_ok = p < Hd * Wd, c < C
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for i in tl.static_range(FS):
         for j in tl.static_range(FS):
-            hi, wi = ho * stride + i - FS // 2, wo * stride + j - FS // 2
-            ok = p_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            xv = tl.load(x + ((b * H + hi) * W + wi)[:, None] * C + c[None, :], mask=ok[:, None] & c_ok[None, :],
+            if TRANSPOSED:
+                th, tw = hd + FS // 2 - i, wd + FS // 2 - j
+                hs, ws = th // stride, tw // stride
+                ok = (th >= 0) & (tw >= 0) & (th % stride == 0) & (tw % stride == 0) & (hs < Hs) & (ws < Ws)
+            else:
+                hs, ws = hd * stride + i - FS // 2, wd * stride + j - FS // 2
+                ok = (hs >= 0) & (hs < Hs) & (ws >= 0) & (ws < Ws)
+            ok = ok & p_ok
+            sv = tl.load(src + ((b * Hs + hs) * Ws + ws)[:, None] * C + c[None, :], mask=ok[:, None] & c_ok[None, :],
                          other=0.0)
             kv = tl.load(k + ((b * FS + i) * FS + j) * C + c, mask=c_ok, other=0.0)
-            acc += xv.to(tl.float32) * kv.to(tl.float32)[None, :]
-    tl.store(y + ((b * Ho + ho) * Wo + wo)[:, None] * C + c[None, :], acc.to(y.dtype.element_ty),
-             mask=p_ok[:, None] & c_ok[None, :])
-
-
-@triton.jit
-def _grad_input_kernel(gy, k, gx, H, W, C, Ho, Wo, stride, FS: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_C: tl.constexpr):
-    """gx[b, h, w] = sum over taps (i, j) of gy[b, ho, wo] k[b, i, j] where ho * stride + i - FS // 2 = h."""
-    b_tile, c_tile = tl.program_id(0), tl.program_id(1)
-    tiles = tl.cdiv(H * W, BLOCK_P)
-    b, p = b_tile // tiles, (b_tile % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = c_tile * BLOCK_C + tl.arange(0, BLOCK_C)
-    h, w = p // W, p % W
-    p_ok, c_ok = p < H * W, c < C
-    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for i in tl.static_range(FS):
-        for j in tl.static_range(FS):
-            th, tw = h + FS // 2 - i, w + FS // 2 - j
-            ho, wo = th // stride, tw // stride
-            ok = p_ok & (th >= 0) & (tw >= 0) & (th % stride == 0) & (tw % stride == 0) & (ho < Ho) & (wo < Wo)
-            gv = tl.load(gy + ((b * Ho + ho) * Wo + wo)[:, None] * C + c[None, :], mask=ok[:, None] & c_ok[None, :],
-                         other=0.0)
-            kv = tl.load(k + ((b * FS + i) * FS + j) * C + c, mask=c_ok, other=0.0)
-            acc += gv.to(tl.float32) * kv.to(tl.float32)[None, :]
-    tl.store(gx + ((b * H + h) * W + w)[:, None] * C + c[None, :], acc.to(gx.dtype.element_ty),
+            acc += sv.to(tl.float32) * kv.to(tl.float32)[None, :]
+    tl.store(dst + ((b * Hd + hd) * Wd + wd)[:, None] * C + c[None, :], acc.to(dst.dtype.element_ty),
              mask=p_ok[:, None] & c_ok[None, :])
 
 
@@ -120,15 +106,18 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
-def _launch(x, k, stride, block_p=64, block_c=32):
-    B, C, H, W = x.shape
-    FS = k.shape[1]
-    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
-    y = torch.empty((B, Ho, Wo, C), dtype=x.dtype, device=x.device)
-    grid = (B * triton.cdiv(Ho * Wo, block_p), triton.cdiv(C, block_c))
-    _forward_kernel[grid](_nhwc(x), k.contiguous(), y, H, W, C, Ho, Wo, stride, FS=FS, BLOCK_P=block_p,
-                          BLOCK_C=block_c)
-    return y.permute(0, 3, 1, 2)
+TILE_P, TILE_C = 64, 32   # pixels x channels per program
+
+
+def _taps(src, k, stride, out_hw, transposed):
+    """:func:`_taps_kernel` on a channels_last (B, C, Hs, Ws) tensor; returns (B, C, Hd, Wd) channels_last."""
+    B, C, Hs, Ws = src.shape
+    Hd, Wd = out_hw
+    dst = torch.empty((B, Hd, Wd, C), dtype=src.dtype, device=src.device)
+    grid = (B * triton.cdiv(Hd * Wd, TILE_P), triton.cdiv(C, TILE_C))
+    _taps_kernel[grid](_nhwc(src), k.contiguous(), dst, Hs, Ws, C, Hd, Wd, stride, FS=k.shape[1],
+                       TRANSPOSED=transposed, BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    return dst.permute(0, 3, 1, 2)
 
 
 class PerExampleDepthwise(torch.autograd.Function):
@@ -138,28 +127,23 @@ class PerExampleDepthwise(torch.autograd.Function):
     def forward(ctx, x, k, stride):
         ctx.save_for_backward(x, k)
         ctx.stride = stride
-        return _launch(x, k, stride)
+        H, W = x.shape[-2:]
+        return _taps(x, k, stride, ((H - 1) // stride + 1, (W - 1) // stride + 1), transposed=False)
 
     @staticmethod
-    def backward(ctx, grad_y, block_p=64, block_c=32):
+    def backward(ctx, grad_y):
         x, k = ctx.saved_tensors
-        stride = ctx.stride
         B, C, H, W = x.shape
         FS = k.shape[1]
-        Ho, Wo = grad_y.shape[-2:]
-        gy = _nhwc(grad_y)
         gx = gk = None
         if ctx.needs_input_grad[0]:
-            gx = torch.empty((B, H, W, C), dtype=x.dtype, device=x.device)
-            grid = (B * triton.cdiv(H * W, block_p), triton.cdiv(C, block_c))
-            _grad_input_kernel[grid](gy, k.contiguous(), gx, H, W, C, Ho, Wo, stride, FS=FS, BLOCK_P=block_p,
-                                     BLOCK_C=block_c)
-            gx = gx.permute(0, 3, 1, 2)
+            gx = _taps(grad_y, k, ctx.stride, (H, W), transposed=True)
         if ctx.needs_input_grad[1]:
             gk = torch.empty((B, FS, FS, C), dtype=k.dtype, device=k.device)
-            _grad_kernel_kernel[(B, triton.cdiv(C, block_c))](
-                _nhwc(x), gy, gk, H, W, C, Ho, Wo, stride, FS=FS, TAPS=triton.next_power_of_2(FS * FS),
-                BLOCK_P=block_p, BLOCK_C=block_c)
+            Ho, Wo = grad_y.shape[-2:]
+            _grad_kernel_kernel[(B, triton.cdiv(C, TILE_C))](
+                _nhwc(x), _nhwc(grad_y), gk, H, W, C, Ho, Wo, ctx.stride, FS=FS,
+                TAPS=triton.next_power_of_2(FS * FS), BLOCK_P=TILE_P, BLOCK_C=TILE_C)
         return gx, gk, None
 
 
