@@ -70,9 +70,10 @@ for stage in $STAGES; do
           --precision fp16 --epochs 10 --warmup-epochs 1 --lr-step iteration --max-epochs 2 \
           --out "$WORK/fp16-check/standard" ;;
     faithful)
+      runs=$WORK/fashion-mnist-gpu-55ep
       start=$(date +%s)
       for block in $BLOCKS; do   # pieces of a run stopped on another machine: put back together
-        dir=$WORK/fashion-mnist-gpu-55ep/$block
+        dir=$runs/$block
         if [ ! -f "$dir/last.pt" ] && ls "$RESUME_DIR/resume-$block-last.pt.part"* >/dev/null 2>&1; then
           mkdir -p "$dir" && cat "$RESUME_DIR/resume-$block-last.pt.part"* > "$dir/last.pt"
           log "faithful recipe, $block: resuming from the pieces in $RESUME_DIR"
@@ -81,19 +82,19 @@ for stage in $STAGES; do
       for block in $BLOCKS; do
         left=$(( FAITHFUL_S - ($(date +%s) - start) ))
         [ "$left" -gt 20 ] || break
-        log "faithful recipe, $block, at most ${left} s in this call (resumes from $WORK/fashion-mnist-gpu-55ep/$block)"
+        log "faithful recipe, $block, at most ${left} s in this call (resumes from $runs/$block)"
         timeout --signal=TERM "$left" python3 -m irnet_lib.train --block "$block" --data fashion-mnist \
-            --root "$FM_ROOT" --out "$WORK/fashion-mnist-gpu-55ep/$block" --quiet ${FAITHFUL_ARGS:-}
+            --root "$FM_ROOT" --out "$runs/$block" --quiet ${FAITHFUL_ARGS:-}
         pack
       done
       rm -f "$OUT"/resume-*-last.pt.part*
       for block in $BLOCKS; do   # an unfinished run's checkpoint, in pieces that OUT lets back
-        last=$WORK/fashion-mnist-gpu-55ep/$block/last.pt
+        last=$runs/$block/last.pt
         [ -f "$last" ] || continue
         if python3 -c "
 import sys; sys.path.insert(0, '.')
 from irnet_lib.runs import read_history
-run = read_history('$WORK/fashion-mnist-gpu-55ep/$block')
+run = read_history('$runs/$block')
 sys.exit(len(run.history) < run.planned_epochs)"; then continue; fi
         if [ "$(stat -c %s "$last")" -le $(( RESUME_MB * 1000000 )) ]; then
           split -b 15000000 -d "$last" "$OUT/resume-$block-last.pt.part"
@@ -102,14 +103,14 @@ sys.exit(len(run.history) < run.planned_epochs)"; then continue; fi
           log "faithful recipe, $block: unfinished; its last.pt ($(stat -c %s "$last") bytes) is too large to come back"
         fi
       done
-      python3 -m irnet_lib.reproduce --from-results "$WORK/fashion-mnist-gpu-55ep" \
+      python3 -m irnet_lib.reproduce --from-results "$runs" \
           --figure "$WORK/fig5_fashion-mnist-gpu-55ep.png" --quiet || true
       for block in $BLOCKS; do   # the fp16 weights of finished runs, each a file of its own (OUT's limits)
         # best.pt, or last.pt where the best epoch's file stayed on a machine the run left
-        [ -f "$WORK/fashion-mnist-gpu-55ep/$block/last.pt" ] && python3 -c "
+        [ -f "$runs/$block/last.pt" ] && python3 -c "
 import os, sys, torch; sys.path.insert(0, '.')
 from irnet_lib.runs import load_checkpoint, read_history
-folder = '$WORK/fashion-mnist-gpu-55ep/$block'
+folder = '$runs/$block'
 run = read_history(folder)
 if len(run.history) == run.planned_epochs:
     which = 'best' if os.path.exists(folder + '/best.pt') else 'last'

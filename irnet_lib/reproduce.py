@@ -298,6 +298,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quick_defaults(args, p: argparse.ArgumentParser) -> None:
+    """``--quick``: :data:`QUICK` wherever a flag was left at its default."""
+    for k, v in QUICK.items():
+        if getattr(args, k) is None or (k == "data" and args.data == p.get_default("data")):
+            setattr(args, k, v)
+    args.out = args.out or os.path.join("runs", "quick-sample")
+
+
 def main(argv=None):
     p = _parser()
     args = p.parse_args(argv)
@@ -306,10 +314,7 @@ def main(argv=None):
         figure = args.figure or Path("figures") / f"fig5_{folder.name}.png"
         return report(load_runs(folder, args.blocks), folder, figure, args.quiet)
     if args.quick:
-        for k, v in QUICK.items():
-            if getattr(args, k) is None or (k == "data" and args.data == p.get_default("data")):
-                setattr(args, k, v)
-        args.out = args.out or os.path.join("runs", "quick-sample")
+        _quick_defaults(args, p)
     if args.quick and not args.quiet:
         print(f"Quick mode: a check of the whole pipeline (a few CPU minutes), not a result: {args.epochs} epochs "
               f"of {args.train_subset:,} training images per block. Results of real runs: results/README.md.")

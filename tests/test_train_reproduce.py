@@ -72,11 +72,11 @@ def test_table4_guard(tmp_path, monkeypatch, capsys):
 def test_quick_recipe_is_what_the_quick_flag_builds():
     """Notebook 06 trains with ``quick_recipe()``; the command line with ``--quick``: one recipe."""
     from irnet_lib.recipe import recipe_from_args
-    from irnet_lib.reproduce import QUICK, _parser, quick_recipe
+    from irnet_lib.reproduce import QUICK, _parser, _quick_defaults, quick_recipe
 
-    args = _parser().parse_args(["--quick"])
-    for k, v in QUICK.items():
-        setattr(args, k, v)
+    parser = _parser()
+    args = parser.parse_args(["--quick"])
+    _quick_defaults(args, parser)
     assert recipe_from_args(args) == quick_recipe()
     assert quick_recipe().lr_step == "iteration" and quick_recipe().train_num_epochs == QUICK["epochs"]
 
