@@ -1,7 +1,7 @@
 """pytest configuration shared by tests/ and the notebooks run under nbval.
 
-- Fast mode for every notebook kernel (kernels inherit this process's environment): notebooks
-  shrink their work, they never skip it.
+- Small mode for every notebook kernel (kernels inherit this process's environment): notebooks
+  shrink their work, they never skip it. Their stored outputs are the default mode's, a student's run.
 - Figures and runs that notebooks write go to a temporary folder, and the suite checks at the end
   that it left the clone as it found it (``git status``).
 """
@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("IRNET_FAST", "1")
+os.environ.setdefault("IRNET_SMALL", "1")
 # The test process and a notebook kernel take turns on the CPU; OpenMP threads that spin while
 # waiting make the other one several times slower on a small machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

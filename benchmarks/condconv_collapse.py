@@ -169,7 +169,7 @@ def _group_of(name: str, model) -> str:
     mod = model.get_submodule(name.rsplit(".", 1)[0])
     if isinstance(mod, CondConv2d):
         return "experts"
-    if isinstance(mod, nn.Linear) and ".routing." in f".{name}":
+    if isinstance(mod, nn.Linear) and ".router." in f".{name}":
         return "routing"
     if isinstance(mod, nn.BatchNorm2d):
         return "bn"
@@ -240,7 +240,7 @@ class Tracer:
         if not self.model.training:
             return
         name = self.names[conv]
-        z = self._last_logits.get(f"{name}.routing")
+        z = self._last_logits.get(f"{name}.router")
         if z is None:
             return
         r = torch.sigmoid(z)
@@ -1000,12 +1000,12 @@ def _events(out: Path):
             "(b) BN max batch_var > 10x epoch-0 max": ("bn.max_batch_var", lambda v, ref: v > 10 * ref),
             "(b) BN max running_var > 10x epoch-0 max": ("bn.max_running_var", lambda v, ref: v > 10 * ref),
             "(c) grad norm experts > 10x epoch-0 max": ("grad.experts", lambda v, ref: v > 10 * ref),
-            "(c) grad norm routing > 10x epoch-0 max": ("grad.routing", lambda v, ref: v > 10 * ref),
+            "(c) grad norm routing > 10x epoch-0 max": ("grad.router", lambda v, ref: v > 10 * ref),
             "(c) grad norm bn > 10x epoch-0 max": ("grad.bn", lambda v, ref: v > 10 * ref),
             "(c) grad norm plain > 10x epoch-0 max": ("grad.plain", lambda v, ref: v > 10 * ref),
             "(c) grad norm se > 10x epoch-0 max": ("grad.se", lambda v, ref: v > 10 * ref),
             "(c) total grad norm > 10x epoch-0 max": ("grad_norm_total", lambda v, ref: v > 10 * ref),
-            "(c) relative update routing > 0.1": ("rel_update.routing", lambda v, ref: v > 0.1),
+            "(c) relative update routing > 0.1": ("rel_update.router", lambda v, ref: v > 0.1),
             "(c) relative update experts > 0.1": ("rel_update.experts", lambda v, ref: v > 0.1),
             "(c) relative update plain > 0.1": ("rel_update.plain", lambda v, ref: v > 0.1),
             "(c) relative update stem conv > 0.1": ("rel_update.stem_conv", lambda v, ref: v > 0.1),
@@ -1074,13 +1074,13 @@ def _figure_trace(out: Path):
                                               ("routing.frac_abs_gt5", "fraction |logit| > 5", "C4", "-")], [], False),
         ("(b) BN running_var / batch_var, max over channels and layers", [("bn.max_var_ratio", "CondConv", "C0", "-")],
          [("bn.max_var_ratio", "SE", "C0", ":")], True),
-        ("(c) gradient norm by group", [("grad.experts", "experts", "C0", "-"), ("grad.routing", "routing", "C1", "-"),
+        ("(c) gradient norm by group", [("grad.experts", "experts", "C0", "-"), ("grad.router", "routing", "C1", "-"),
                                          ("grad.bn", "BN", "C2", "-"),
                                          ("grad.plain", "plain (stem, head, classifier)", "C3", "-"),
                                          ("grad.se", "SE", "C4", "-")],
          [("grad.plain", "SE net: convs, classifier", "C3", ":"), ("grad.bn", "SE net: BN", "C2", ":")], True),
         ("(c) relative update |dW|/|W| by group", [("rel_update.experts", "experts", "C0", "-"),
-                                                   ("rel_update.routing", "routing", "C1", "-"),
+                                                   ("rel_update.router", "routing", "C1", "-"),
                                                    ("rel_update.bn", "BN", "C2", "-"),
                                                    ("rel_update.plain", "plain", "C3", "-")],
          [("rel_update.plain", "SE net: convs, classifier", "C3", ":")], True),

@@ -48,7 +48,7 @@ def with_timm_layers(model):
             m.timm = t
 
             def forward(x, routing_weights=None, m=m):
-                return m.timm(x, m.routing(x) if routing_weights is None else routing_weights)
+                return m.timm(x, m.router(x) if routing_weights is None else routing_weights)
             m.forward = forward
     return model
 

@@ -10,7 +10,7 @@ Ne      expanded channels, Ne = 4 Ni             ``expansion`` (Ne = expansion *
 No      output channels of a block               ``out_channels``
 F       depthwise filter size (F x F)            ``kernel_size``
 S       stride of the block                      ``stride`` (sits in the depthwise conv)
-ID      identity (residual) connection           ``identity`` (True iff Ni == No and S == 1)
+ID      identity (residual) connection           ``has_skip`` (True iff Ni == No and S == 1)
 R       SE internal rank reduction, R = 4        ``se_reduction`` (hidden units Ne // R)
 M       number of CondConv experts, M = 4        ``num_experts``
 ======  =======================================  ==========================================
@@ -23,12 +23,12 @@ so Table 1 can be built with any of them; each takes only the knobs its block us
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
 from torch import nn
 
+from .checks import check_choice, check_int, check_kernel_size, check_number
 from .condconv import CondConv2d, Routing
 from .pooling import global_avg_pool
 
@@ -78,38 +78,36 @@ class InvertedResidual(nn.Module):
         kernel_size: F, odd.
         stride: S, 1 or 2; applied in the depthwise conv, so the 1x1 expansion runs at the
             input resolution.
-        identity: ID. ``None`` derives it (True iff Ni == No and S == 1); ``True`` where the
+        has_skip: ID. ``None`` derives it (True iff Ni == No and S == 1); ``True`` where the
             shapes do not allow it is an error. There is never a projection shortcut.
         conv_layer: factory ``(c_in, c_out, kernel_size, stride, groups) -> module`` used for all
             three convolutions (``nn.Conv2d`` for [A] and [B], ``CondConv2d`` for [C]).
         se_layer: factory ``(Ne) -> module`` inserted after the depthwise ReLU, or ``None``.
-        routing_layer: factory ``(Ni) -> module`` computing one routing vector per block from the
+        router_layer: factory ``(Ni) -> module`` computing one routing vector per block from the
             block input and handing it to every conv (per-block CondConv routing), or ``None``.
     """
 
     def __init__(self, in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1,
-                 identity=None, conv_layer=None, se_layer=None, routing_layer=None):
+                 has_skip=None, conv_layer=None, se_layer=None, router_layer=None):
         super().__init__()
         check_int("in_channels (Ni)", in_channels)
         check_int("out_channels (No)", out_channels)
         check_kernel_size(kernel_size)
-        if stride not in (1, 2) or isinstance(stride, bool):
-            raise ValueError(f"stride (S) must be 1 or 2, got {stride!r}")
-        mid = round(expansion * in_channels) if _finite_positive(expansion) else 0
-        if mid < 1:
-            raise ValueError(f"expansion must be a finite number > 0 that leaves at least one expanded channel "
-                             f"(Ne = round(expansion * Ni) >= 1), got {expansion!r}")
+        check_choice("stride (S)", stride, (1, 2))
+        check_number("expansion", expansion)
+        mid = round(expansion * in_channels)
+        check_int("Ne = round(expansion * Ni)", mid, why=" (a smaller expansion leaves no expanded channel)")
         can_skip = in_channels == out_channels and stride == 1
-        if identity is None:
-            identity = can_skip
-        elif identity and not can_skip:
-            raise ValueError(f"identity=True needs Ni == No and S == 1, got Ni={in_channels}, "
+        if has_skip is None:
+            has_skip = can_skip
+        elif has_skip and not can_skip:
+            raise ValueError(f"has_skip=True needs Ni == No and S == 1, got Ni={in_channels}, "
                              f"No={out_channels}, S={stride}")
         conv_layer = conv_layer or _plain_conv
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
-        self.stride, self.has_skip = stride, bool(identity)
+        self.stride, self.has_skip = stride, bool(has_skip)
 
-        self.routing = routing_layer(in_channels) if routing_layer else None
+        self.router = router_layer(in_channels) if router_layer else None
         self.conv_pw = conv_layer(in_channels, mid, 1, 1, 1)
         self.bn1 = nn.BatchNorm2d(mid)
         self.act1 = nn.ReLU(inplace=True)
@@ -121,76 +119,61 @@ class InvertedResidual(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = () if self.routing is None else (self.routing(x),)   # per-block routing: one r for all three
-        y = self.act1(self.bn1(self.conv_pw(x, *r)))
-        y = self.act2(self.bn2(self.conv_dw(y, *r)))
-        y = self.bn3(self.conv_pwl(self.se(y), *r))
-        return x + y if self.has_skip else y
+        shortcut = x
+        r = () if self.router is None else (self.router(x),)   # per-block routing: one r for all three
+        x = self.act1(self.bn1(self.conv_pw(x, *r)))
+        x = self.act2(self.bn2(self.conv_dw(x, *r)))
+        x = self.bn3(self.conv_pwl(self.se(x), *r))
+        if self.has_skip:
+            x = x + shortcut
+        return x
 
 
 def _plain_conv(c_in, c_out, kernel_size, stride, groups):
     return nn.Conv2d(c_in, c_out, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
 
 
-def _finite_positive(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-
-
-def check_int(name: str, value, minimum: int = 1) -> None:
-    """The library's integer check: an int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def check_kernel_size(kernel_size) -> None:
-    check_int("kernel_size (F)", kernel_size)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size (F) must be odd, such as 3 or 5 (padding F // 2 keeps the size), "
-                         f"got {kernel_size!r}")
-
-
-def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None):
+def standard_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, has_skip=None):
     """[A] Standard block (Figure 2A).
 
     Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
-    S = ``stride``, ID = ``identity``."""
+    S = ``stride``, ID = ``has_skip``."""
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
-                            stride=stride, identity=identity)
+                            stride=stride, has_skip=has_skip)
 
 
-def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None, se_reduction=4):
+def se_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, has_skip=None, se_reduction=4):
     """[B] SE-enhanced block (Figures 2B, 3): block [A] with squeeze-and-excite on the Ne channels.
 
     Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
-    S = ``stride``, ID = ``identity``, R = ``se_reduction`` (Ne // R hidden units)."""
+    S = ``stride``, ID = ``has_skip``, R = ``se_reduction`` (Ne // R hidden units)."""
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
-                            stride=stride, identity=identity,
+                            stride=stride, has_skip=has_skip,
                             se_layer=partial(SqueezeExcite, reduction=se_reduction))
 
 
-def condconv_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, identity=None,
+def condconv_block(in_channels, out_channels, *, expansion=4, kernel_size=3, stride=1, has_skip=None,
                    se_reduction=4, num_experts=4, routing="conv"):
     """[C] SE + CondConv block (Figures 2C, 4): block [B] whose three convs are conditional.
 
     Ni = ``in_channels``, No = ``out_channels``, Ne = ``expansion`` x Ni, F = ``kernel_size``,
-    S = ``stride``, ID = ``identity``, R = ``se_reduction``, M = ``num_experts``.
+    S = ``stride``, ID = ``has_skip``, R = ``se_reduction``, M = ``num_experts``.
 
     ``routing="conv"`` (default, as Figure 4 draws it): every conditional conv routes on its own
     input. ``routing="block"`` (EfficientNet-CondConv): one routing vector from the block input,
     shared by the three convs.
     """
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+    check_choice("routing", routing, ROUTING_MODES)
     per_conv = routing == "conv"
-    cond_conv = partial(_cond_conv, num_experts=num_experts, routing=per_conv)
+    cond_conv = partial(_cond_conv, num_experts=num_experts, own_routing=per_conv)
     return InvertedResidual(in_channels, out_channels, expansion=expansion, kernel_size=kernel_size,
-                            stride=stride, identity=identity, conv_layer=cond_conv,
+                            stride=stride, has_skip=has_skip, conv_layer=cond_conv,
                             se_layer=partial(SqueezeExcite, reduction=se_reduction),
-                            routing_layer=None if per_conv else partial(Routing, num_experts=num_experts))
+                            router_layer=None if per_conv else partial(Routing, num_experts=num_experts))
 
 
-def _cond_conv(c_in, c_out, kernel_size, stride, groups, *, num_experts, routing):
-    return CondConv2d(c_in, c_out, kernel_size, stride, groups, num_experts=num_experts, routing=routing)
+def _cond_conv(c_in, c_out, kernel_size, stride, groups, *, num_experts, own_routing):
+    return CondConv2d(c_in, c_out, kernel_size, stride, groups, num_experts=num_experts, own_routing=own_routing)
 
 
 BLOCKS = {"standard": standard_block, "se": se_block, "condconv": condconv_block}

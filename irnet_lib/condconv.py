@@ -14,7 +14,8 @@ Figure 4 draws two kernel shapes, and both occur in block [C]:
 :func:`condconv2d` computes it for a whole batch at once, without a Python loop: the B mixed
 kernels become the groups of one grouped convolution over the batch folded into the channel axis.
 :func:`condconv2d_reference` is the definition, one example at a time, that the tests hold it to.
-(``irnet_lib.fast`` can swap in faster formulations of the same function; nothing here depends on it.)
+:func:`use_formulation` is the one place where a faster formulation of :func:`condconv2d` may be
+plugged in (``irnet_lib.fast`` plugs its own); nothing here depends on one.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int
 from .pooling import global_avg_pool
 
-__all__ = ["Routing", "CondConv2d", "condconv2d", "condconv2d_reference"]
+__all__ = ["Routing", "CondConv2d", "condconv2d", "condconv2d_reference", "use_formulation", "formulation"]
 
 
 class Routing(nn.Module):
@@ -60,6 +62,24 @@ def condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1):
     return y.reshape(B, c_out, *y.shape[-2:])
 
 
+_formulation = None   # None: condconv2d above. Changed only through use_formulation().
+
+
+def use_formulation(fn):
+    """Make every :class:`CondConv2d` compute with ``fn``, a function with :func:`condconv2d`'s
+    signature and result, or with :func:`condconv2d` itself for ``None``; returns the formulation it
+    replaces, so that the caller can put it back. ``irnet_lib.fast`` plugs its formulations in here;
+    a training run without the fast layer plugs ``None`` for its duration."""
+    global _formulation  # noqa: PLW0603 - the one plug point of the process, on purpose and documented
+    previous, _formulation = _formulation, fn
+    return previous
+
+
+def formulation():
+    """The function every :class:`CondConv2d` computes with now: :func:`condconv2d` or a plugged one."""
+    return _formulation or condconv2d
+
+
 class CondConv2d(nn.Module):
     """A bias-free Conv2d with M experts; a drop-in for ``nn.Conv2d`` inside the blocks.
 
@@ -67,16 +87,15 @@ class CondConv2d(nn.Module):
         in_channels, out_channels, kernel_size, stride, groups: as for ``nn.Conv2d``
             (padding is always ``kernel_size // 2``, "same" for odd F).
         num_experts: M, the number of expert kernels.
-        routing: build an own routing function ``r(x)`` from this conv's input (Figure 4,
-            the paper's drawing). With ``routing=False`` the caller passes ``routing_weights``
+        own_routing: give this conv its own router ``r(x)``, computed from its input (Figure 4,
+            the paper's drawing). With ``own_routing=False`` the caller passes ``routing_weights``
             to ``forward`` (the EfficientNet-CondConv form: one routing vector per block).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, groups=1, *,
-                 num_experts=4, routing=True):
+                 num_experts=4, own_routing=True):
         super().__init__()
-        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-            raise ValueError(f"num_experts (M) must be an int >= 1, got {num_experts!r}")
+        check_int("num_experts (M)", num_experts)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -87,7 +106,7 @@ class CondConv2d(nn.Module):
         # ``model.to(memory_format=torch.channels_last)`` fail. ``expert_weights`` is the 5-D view.
         self.weight = nn.Parameter(
             torch.empty(num_experts, out_channels, in_channels // groups * kernel_size * kernel_size))
-        self.routing = Routing(in_channels, num_experts) if routing else None
+        self.router = Routing(in_channels, num_experts) if own_routing else None
         self.reset_parameters()
 
     @property
@@ -103,21 +122,15 @@ class CondConv2d(nn.Module):
 
     def forward(self, x, routing_weights=None):
         if routing_weights is None:
-            if self.routing is None:
-                raise ValueError("this CondConv2d was built with routing=False (per-block routing): "
+            if self.router is None:
+                raise ValueError("this CondConv2d was built with own_routing=False (per-block routing): "
                                  "pass routing_weights of shape (batch, num_experts)")
-            routing_weights = self.routing(x)
-        conv = fast_implementation or condconv2d
-        return conv(x, self.expert_weights, routing_weights, self.stride, self.padding, self.groups)
+            routing_weights = self.router(x)
+        return formulation()(x, self.expert_weights, routing_weights, self.stride, self.padding, self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, groups={self.groups}, num_experts={self.num_experts}")
-
-
-#: A function with :func:`condconv2d`'s signature and result that :class:`CondConv2d` calls
-#: instead, or ``None``. Set only by ``irnet_lib.fast.enable()``; this module never sets it.
-fast_implementation = None
 
 
 def condconv2d_reference(x, weight, routing_weights, stride=1, padding=0, groups=1):

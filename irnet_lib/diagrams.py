@@ -104,7 +104,7 @@ def _boxes(block: InvertedResidual) -> list:
             post += " (no ReLU: linear bottleneck)"
         notes = []
         if isinstance(conv, CondConv2d):
-            notes.append("own routing: " + _routing_label(conv.routing) if conv.routing is not None
+            notes.append("own routing: " + _routing_label(conv.router) if conv.router is not None
                          else "routing: the block's, shared")
         return _Box(", ".join([conv_name, *post_names]), [conv_label(conv), post], color,
                     isinstance(conv, CondConv2d), notes)
@@ -130,8 +130,8 @@ def block_labels(block: InvertedResidual) -> list[str]:
         raise ValueError(f"block_labels() takes a block (irnet_lib.blocks.InvertedResidual), "
                          f"got {type(block).__name__}")
     out = [" | ".join(b.lines + b.notes) for b in _boxes(block)]
-    if block.routing is not None:
-        out.insert(0, "routing (shared by the 3 convs): " + _routing_label(block.routing))
+    if block.router is not None:
+        out.insert(0, "routing (shared by the 3 convs): " + _routing_label(block.router))
     return out
 
 
@@ -178,7 +178,7 @@ def _box_height(box: _Box) -> float:
 
 def _panel_height(block: InvertedResidual) -> float:
     boxes = _boxes(block)
-    return (0.75 + (0.75 if block.routing is not None else 0) + 0.3 + sum(_box_height(b) + _GAP for b in boxes)
+    return (0.75 + (0.75 if block.router is not None else 0) + 0.3 + sum(_box_height(b) + _GAP for b in boxes)
             + (0.66 if block.has_skip else 0) + 0.36 + 0.4 - 0.15)
 
 
@@ -206,8 +206,8 @@ def _draw_block(ax, block: InvertedResidual, input_hw, height: float, title: str
             f"S={s}, ID={block.has_skip}", ha="center", va="top", fontsize=8.5, color="#444444")
     y = height - 0.75
 
-    if block.routing is not None:   # per-block routing, shared by the three convs
-        r = block.routing
+    if block.router is not None:   # per-block routing, shared by the three convs
+        r = block.router
         patch = FancyBboxPatch((x0 + 0.3, y - 0.42), _BOX_W - 0.6, 0.42, boxstyle="round,pad=0.02",
                                fc=COLORS["routing"], ec=CONDITIONAL, lw=1.2, ls="--", gid="routing")
         ax.add_patch(patch)
@@ -218,7 +218,7 @@ def _draw_block(ax, block: InvertedResidual, input_hw, height: float, title: str
     # input
     ax.text(cx, y, f"input  {_fmt(shapes['input'])}", ha="center", va="top", fontsize=9,
             bbox=dict(boxstyle="round,pad=0.25", fc=COLORS["io"], ec="#999999"))
-    if block.routing is not None:
+    if block.router is not None:
         _arrow(ax, cx + 0.9, y - 0.12, cx + 0.9, y + 0.33, color=CONDITIONAL, gid="routing")
     y -= 0.3
     y_split = y - 0.12
@@ -309,7 +309,7 @@ def _condconv_inputs(module: nn.Module, x, convs):
     """Run ``module`` (a block, or one CondConv2d) once on ``x`` and return, per conv to draw:
     (name, conv, its input, its routing weights)."""
     if isinstance(module, CondConv2d):
-        if module.routing is None:
+        if module.router is None:
             raise ValueError("this CondConv2d has no routing of its own (per-block routing): pass the whole "
                              "block, condconv_figure(block), so that the block's shared routing is used")
         named = [("conv", module)]
@@ -345,10 +345,10 @@ def _condconv_inputs(module: nn.Module, x, convs):
         args = seen[n]
         inp = args[0]
         with torch.no_grad():
-            r = args[1] if len(args) > 1 else c.routing(inp)
+            r = args[1] if len(args) > 1 else c.router(inp)
         shared = None
-        if c.routing is None:
-            shared = (f"the block's routing: {_routing_label(module.routing)}\n"
+        if c.router is None:
+            shared = (f"the block's routing: {_routing_label(module.router)}\n"
                       f"on the block input, shared by its 3 convs")
         out.append((n, c, inp, r[0], shared))
     return out
@@ -405,7 +405,7 @@ def _draw_condconv_row(ax, name, conv: CondConv2d, x, r, shared: str | None):
         box(0.3, y_r - 0.3, 3.95, 0.6, shared, COLORS["routing"], ec=CONDITIONAL, fs=8, color=CONDITIONAL,
             gid="routing", ls="--")
     else:
-        fc = conv.routing.fc
+        fc = conv.router.fc
         _arrow(ax, 0.8, y_main - 0.25, 0.8, y_r + 0.22)
         steps = [(0.3, 1.0, f"GAP\n{fc.in_features}"), (1.6, 1.35, f"Linear\n{fc.in_features}->{fc.out_features}"),
                  (3.25, 1.0, "sigmoid")]

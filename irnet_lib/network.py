@@ -14,7 +14,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, check_int, check_kernel_size
+from .blocks import BLOCKS
+from .checks import check_int, check_kernel_size, check_number
 
 __all__ = ["Row", "TABLE_1", "IRNet", "irnet", "make_divisible", "table1_rows"]
 
@@ -58,11 +59,6 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _positive(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-
-
 def table1_rows(width_mult=1.0, depth_mult=1.0, kernel_size=3):
     """Table 1 after the design-space knobs: channels scaled by ``width_mult`` (rounded to a
     multiple of 8), repeats by ``depth_mult`` (rounded up), F replaced by ``kernel_size``.
@@ -84,9 +80,9 @@ class IRNet(nn.Module):
     ``nn.Sequential`` of ``repeat`` blocks), so the feature map entering row ``i`` can be hooked.
     """
 
-    def __init__(self, block_fn, num_classes=100, rows=TABLE_1, **block_kwargs):
+    def __init__(self, block_fn, num_classes=100, rows=TABLE_1):
         super().__init__()
-        stem, *blocks, head, classifier = rows
+        stem, blocks, head = rows[0], rows[1:-2], rows[-2]   # the last row, the classifier, is built below
         out_of = [r.input[0] for r in rows[1:]]   # No of each row = Ni of the next
         c_stem, c_head = out_of[0], out_of[-1]
         self.stem = nn.Sequential(
@@ -102,8 +98,7 @@ class IRNet(nn.Module):
                 # repeats a transition row); the others are ID blocks by the rule.
                 first = i == 0
                 repeats.append(block_fn(c_in if first else c_out, c_out, kernel_size=row.F,
-                                        stride=row.S if first else 1, identity=row.ID if first else True,
-                                        **block_kwargs))
+                                        stride=row.S if first else 1, has_skip=row.ID if first else True))
             self.rows.append(nn.Sequential(*repeats))
         self.head = nn.Sequential(
             nn.Conv2d(head.input[0], c_head, 1, bias=False), nn.BatchNorm2d(c_head), nn.ReLU(inplace=True))
@@ -142,8 +137,8 @@ def irnet(block: str = "standard", num_classes: int = 100, *, width_mult: float 
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
     check_int("num_classes", num_classes)
-    _positive("width_mult", width_mult)
-    _positive("depth_mult", depth_mult)
+    check_number("width_mult", width_mult)
+    check_number("depth_mult", depth_mult)
     check_kernel_size(kernel_size)   # before Table 1 is rewritten with it
     knobs = {"se_reduction": se_reduction, "num_experts": num_experts, "routing": routing}
     takes = inspect.signature(BLOCKS[block]).parameters

@@ -23,9 +23,10 @@ BRANCH = "main"
 ROOT = Path(__file__).resolve().parents[1]   # the clone: notebooks/, figures/, results/, data/
 
 
-def fast_mode() -> bool:
-    """True when ``IRNET_FAST`` is set (the test suite sets it): notebooks shrink their work."""
-    return os.environ.get("IRNET_FAST", "0").lower() not in ("", "0", "false", "no")
+def small_mode() -> bool:
+    """True when ``IRNET_SMALL`` is set: the test suite's smaller work (fewer images, epochs, smaller
+    batches; nothing skipped). A student's "Run all" leaves it unset."""
+    return os.environ.get("IRNET_SMALL", "0").lower() not in ("", "0", "false", "no")
 
 
 def figure_path(name: str) -> Path:
@@ -95,21 +96,21 @@ if "google.colab" in sys.modules:
 class Setup:
     device: torch.device
     seed: int
-    fast: bool
+    small: bool
 
     def __str__(self):
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        return (f"device: {self.device} ({name}) | fast mode: {'on' if self.fast else 'off'} | "
-                f"seed: {self.seed} | torch {torch.__version__}")
+        small = " | small mode (IRNET_SMALL): the test suite's smaller work" if self.small else ""
+        return f"device: {self.device} ({name}) | seed: {self.seed} | torch {torch.__version__}{small}"
 
 
 def setup(seed: int = 0, device: str | None = None) -> Setup:
-    """Seed Python, NumPy and torch, pick the device (GPU when there is one) and report fast mode."""
+    """Seed Python, NumPy and torch, pick the device (GPU when there is one) and say so."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    env = Setup(dev, seed, fast_mode())
+    env = Setup(dev, seed, small_mode())
     print(env)
     return env
 

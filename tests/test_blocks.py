@@ -41,8 +41,8 @@ def test_identity_adds_the_input():
 
 
 def test_identity_true_where_impossible_is_refused():
-    with pytest.raises(ValueError, match="identity=True needs Ni == No and S == 1"):
-        standard_block(16, 24, identity=True)
+    with pytest.raises(ValueError, match="has_skip=True needs Ni == No and S == 1"):
+        standard_block(16, 24, has_skip=True)
 
 
 def test_se_layer_matches_figure_3():
@@ -69,15 +69,15 @@ def test_condconv_block_makes_all_three_convs_conditional(routing):
     assert b.conv_dw.groups == 64
     assert isinstance(b.se, SqueezeExcite)
     if routing == "conv":
-        assert b.routing is None and all(c.routing is not None for c in convs)
+        assert b.router is None and all(c.router is not None for c in convs)
     else:
-        assert b.routing is not None and all(c.routing is None for c in convs)
-        assert b.routing.fc.in_features == 16
+        assert b.router is not None and all(c.router is None for c in convs)
+        assert b.router.fc.in_features == 16
     assert b(torch.randn(3, 16, 14, 14)).shape == (3, 24, 7, 7)
 
 
 def test_blocks_share_the_leading_arguments_take_only_their_own_and_are_one_class():
-    common = ["in_channels", "out_channels", "expansion", "kernel_size", "stride", "identity"]
+    common = ["in_channels", "out_channels", "expansion", "kernel_size", "stride", "has_skip"]
     own = {"standard": [], "se": ["se_reduction"], "condconv": ["se_reduction", "num_experts", "routing"]}
     for name, fn in BLOCKS.items():
         assert list(inspect.signature(fn).parameters) == common + own[name]

@@ -40,10 +40,10 @@ def _assert_same_function(y, ref, wrt, atol=1e-5):
 def test_matches_the_per_example_loop(fast_layer, kind, stride, batch, channels_last, train):
     conv, x = _case(kind, stride, batch, channels_last)
     conv.train(train)
-    r = conv.routing(x)
+    r = conv.router(x)
     y = conv(x)
     ref = condconv2d_reference(x, conv.expert_weights, r, conv.stride, conv.padding, conv.groups)
-    _assert_same_function(y, ref, (x, conv.weight, conv.routing.fc.weight))
+    _assert_same_function(y, ref, (x, conv.weight, conv.router.fc.weight))
     if fast_layer and channels_last:   # the fast layer keeps the layout from layer to layer
         assert y.is_contiguous(memory_format=torch.channels_last)
 
@@ -56,7 +56,7 @@ def test_grouped_kernel_general_path(fast_layer, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    ref = condconv2d_reference(x, conv.expert_weights, conv.routing(x), 1, 1, 4)
+    ref = condconv2d_reference(x, conv.expert_weights, conv.router(x), 1, 1, 4)
     _assert_same_function(conv(x), ref, (x, conv.weight))
 
 
@@ -70,7 +70,7 @@ def test_the_core_function_is_the_batched_fold():
 
 def test_one_hot_routing_is_that_expert_as_a_plain_conv(fast_layer):
     torch.manual_seed(0)
-    conv = CondConv2d(4, 4, 3, groups=4, num_experts=3, routing=False)
+    conv = CondConv2d(4, 4, 3, groups=4, num_experts=3, own_routing=False)
     x = torch.randn(2, 4, 6, 6)
     r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     expected = torch.nn.functional.conv2d(x, conv.expert_weights[1], padding=1, groups=4)
@@ -88,11 +88,11 @@ def test_routing_is_sigmoid_of_pooled_linear():
 def test_parameters_are_m_times_a_plain_conv_plus_routing():
     conv = CondConv2d(16, 32, 1, num_experts=4)
     assert conv.weight.numel() == 4 * 16 * 32
-    assert conv.routing.fc.weight.numel() + conv.routing.fc.bias.numel() == 16 * 4 + 4
+    assert conv.router.fc.weight.numel() + conv.router.fc.bias.numel() == 16 * 4 + 4
 
 
 def test_per_block_conv_demands_routing_weights():
-    conv = CondConv2d(4, 4, 1, routing=False)
+    conv = CondConv2d(4, 4, 1, own_routing=False)
     with pytest.raises(ValueError, match="routing_weights"):
         conv(torch.randn(1, 4, 3, 3))
 
@@ -110,9 +110,9 @@ def test_batchnorm_into_depthwise_gradients_match_reference(fast_layer):
     conv = CondConv2d(8, 8, 3, 1, groups=8, num_experts=4)
     x = torch.randn(4, 8, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
     h = bn(x)
-    r = conv.routing(h)
+    r = conv.router(h)
     ref = condconv2d_reference(h, conv.expert_weights, r, 1, 1, 8)
-    _assert_same_function(conv(h, r), ref, (x, bn.weight, conv.weight, conv.routing.fc.weight))
+    _assert_same_function(conv(h, r), ref, (x, bn.weight, conv.weight, conv.router.fc.weight))
 
 
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
@@ -123,7 +123,7 @@ def test_bf16_autocast_runs_forward_and_backward(fast_layer, kind):
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
-    ref = condconv2d_reference(x, conv.expert_weights, conv.routing(x), conv.stride, conv.padding, conv.groups)
+    ref = condconv2d_reference(x, conv.expert_weights, conv.router(x), conv.stride, conv.padding, conv.groups)
     torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.05)
 
 

@@ -98,7 +98,7 @@ def test_condconv_figure_shows_experts_routing_and_mixed_kernel():
     x = torch.randn(1, 16, 56, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         block.eval()
-        r = block.conv_pw.routing(x)[0]
+        r = block.conv_pw.router(x)[0]
     mixed = (r[:, None, None, None, None] * block.conv_pw.expert_weights).sum(0)
     shown = next(a for a in all_axes(fig) if a.get_gid() == "mixed" and a.bbox.y0 < fig.bbox.height / 2)
     torch.testing.assert_close(torch.as_tensor(shown.images[0].get_array().data), mixed[:16, :16, 0, 0].detach())

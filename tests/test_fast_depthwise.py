@@ -20,13 +20,13 @@ def _case(batch, channels, h, w, kernel_size, stride, dtype=torch.float32, seed=
 
 def _assert_matches_reference(conv, x, stride, tol):
     """Values and the gradients of x, the experts and the routing, against the per-example loop."""
-    r = conv.routing(x)
+    r = conv.router(x)
     y = depthwise.per_example_depthwise(x, conv.expert_weights, r, stride)
     ref = condconv2d_reference(x, conv.expert_weights, r, stride, conv.padding, conv.groups)
     assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
     g = torch.randn_like(ref)
-    wrt = (x, conv.weight, conv.routing.fc.weight)
+    wrt = (x, conv.weight, conv.router.fc.weight)
     for a, b in zip(torch.autograd.grad(y, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
@@ -119,7 +119,7 @@ def test_a_failed_build_falls_back_with_a_warning_that_says_why(monkeypatch):
         conv, x = _case(2, 8, 6, 6, 3, 1)   # CondConv still computes the same function
         with fast.enabled(keep_freed_memory=False):
             y = conv(x)
-        torch.testing.assert_close(y, condconv2d_reference(x, conv.expert_weights, conv.routing(x), 1, 1, 8),
+        torch.testing.assert_close(y, condconv2d_reference(x, conv.expert_weights, conv.router(x), 1, 1, 8),
                                    atol=1e-5, rtol=1e-5)
     finally:
         depthwise._build.cache_clear()

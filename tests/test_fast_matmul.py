@@ -35,12 +35,12 @@ def test_both_routes_match_reference_and_restore_the_setting(monkeypatch, onednn
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     before = _precision()
-    r = conv.routing(x)
+    r = conv.router(x)
     fast = condconv2d(x, conv.expert_weights, r, padding=kernel_size // 2, groups=groups)
     ref = condconv2d_reference(x, conv.expert_weights, r, padding=kernel_size // 2, groups=groups)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ref)
-    wrt = (x, conv.weight, conv.routing.fc.weight)
+    wrt = (x, conv.weight, conv.router.fc.weight)
     for a, b in zip(torch.autograd.grad(fast, wrt, g, retain_graph=True), torch.autograd.grad(ref, wrt, g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert _precision() == before

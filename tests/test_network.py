@@ -69,7 +69,7 @@ def test_knobs_change_the_design():
     assert [len(r) for r in m.rows] == [2, 2, 2, 2, 4, 2, 6, 2, 8, 2]
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     cc = irnet("condconv", num_experts=2, routing="block")
-    assert cc.rows[0][0].conv_pw.num_experts == 2 and cc.rows[0][0].routing is not None
+    assert cc.rows[0][0].conv_pw.num_experts == 2 and cc.rows[0][0].router is not None
 
 
 def test_defaults_reproduce_table1_exactly():

@@ -4,7 +4,7 @@
     python tools/notebooks.py sync                                      # badges + Colab cells from REPO
     python tools/notebooks.py execute notebooks/01_*.ipynb              # re-execute in fast mode, outputs stored
 
-Notebooks are committed executed in fast mode (``IRNET_FAST=1``), the mode the test suite
+Notebooks are committed executed in fast mode (``IRNET_SMALL=1``), the mode the test suite
 compares them in, so that nbval sees the same exact outputs.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def sync_readme():
 
 
 def execute(paths):
-    env = dict(os.environ, IRNET_FAST="1")
+    env = dict(os.environ, IRNET_SMALL="1")
     for p in paths:
         print("executing", p, flush=True)
         subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",

@@ -34,7 +34,7 @@ def enable(*, keep_freed_memory: bool = True) -> None:
     """Turn the fast layer on for this process: CondConv's fast formulations, and (Linux, glibc,
     ``keep_freed_memory``) freed memory kept for reuse. Nothing else is changed or undone."""
     from . import allocator, condconv
-    _core_condconv.fast_implementation = condconv.condconv2d
+    _core_condconv.use_formulation(condconv.condconv2d)
     if keep_freed_memory:
         allocator.reuse_freed_memory()
 
@@ -42,24 +42,26 @@ def enable(*, keep_freed_memory: bool = True) -> None:
 def disable() -> None:
     """CondConv back to the core's formulation. The allocator setting stays: glibc cannot be
     returned to its exact initial state (see :mod:`.allocator`)."""
-    _core_condconv.fast_implementation = None
+    _core_condconv.use_formulation(None)
 
 
 def is_enabled() -> bool:
-    return _core_condconv.fast_implementation is not None
+    """Whether CondConv computes with the fast layer's formulations now."""
+    from . import condconv
+    return _core_condconv.formulation() is condconv.condconv2d
 
 
 @contextmanager
 def enabled(on: bool = True, **kwargs):
-    """``with enabled():`` the fast layer is on inside the block, as it was after it. ``on=False``
-    makes it a no-op, for code that takes the choice as a flag."""
-    was = _core_condconv.fast_implementation
+    """``with enabled():`` the fast layer is on inside the block; ``with enabled(False):`` it is off
+    there, even where it was enabled before; after the block CondConv computes as it did before it."""
+    previous = _core_condconv.use_formulation(None)
     if on:
         enable(**kwargs)
     try:
         yield
     finally:
-        _core_condconv.fast_implementation = was
+        _core_condconv.use_formulation(previous)
 
 
 def status() -> dict:
