@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent
 def _git_status():
     try:
         done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -34,7 +34,7 @@ def pytest_sessionstart(session):
     session.config._irnet_git_status = _git_status()
 
 
-def pytest_sessionfinish(session, exitstatus):
+def pytest_sessionfinish(session):
     """The suite must leave the clone clean: whatever it wrote into the repository is an error."""
     before = getattr(session.config, "_irnet_git_status", None)
     after = _git_status()

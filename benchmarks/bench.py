@@ -14,10 +14,10 @@ For every network and every *mode* it measures, at the paper's 56x56 input and 1
 Modes: ``eager`` (contiguous fp32, the plain PyTorch default, the teaching code as it is),
 ``channels_last`` (NHWC fp32, the teaching code), ``bf16`` (the same in bf16 autocast), ``fast``
 (NHWC fp32 with the fast layer,
-:mod:`irnet_lib.fast`: what the command lines train with on a CPU), ``fast_bf16`` (the same in bf16
+:mod:`irnet_lib.fast`: what the command lines train with on a CPU with ``--fast``), ``fast_bf16`` (the same in bf16
 autocast), ``compile`` (``fast`` + ``torch.compile``) and, on a GPU, ``compile_bf16``,
 ``graph_bf16`` (the fast layer in bf16 with each training step's forward and backward replayed as one
-CUDA graph, :mod:`irnet_lib.fast.graphs`: what the command lines train with on one GPU; inference
+CUDA graph, :mod:`irnet_lib.fast.graphs`: what ``--fast`` trains with on one GPU; inference
 stays eager) and ``reduce_overhead_bf16`` (``torch.compile(mode="reduce-overhead")``: compiled
 kernels replayed as CUDA graphs). Warm-up calls (and compilation) are excluded, and so is one untimed pass in the
 timed order, in which the process's memory reaches its high-water mark; each figure is the median over
@@ -27,7 +27,7 @@ processes on a shared machine hits all of them alike, and ratios are taken per r
 (paired) before the median. The printed ratios:
 
 1. CondConv training step / SE training step (the cost of the conditional convolutions);
-2. the default training path (``fast`` on a CPU, ``graph_bf16`` on a GPU) against contiguous fp32 eager;
+2. the fast training path (``fast`` on a CPU, ``graph_bf16`` on a GPU) against contiguous fp32 eager;
 3. the 55-epoch recipe on ImageNet-100-sized data (~130k images of 64 px, random uint8 tensors
    through ``irnet_lib.data.make_loader``'s tensor pipeline), projected from measured steps.
 
@@ -58,7 +58,7 @@ from irnet_lib.fast.condconv import cpu_matmul_library
 from irnet_lib.fast.graphs import GraphedStep
 from irnet_lib.network import irnet
 from irnet_lib.runs import atomic_save
-from irnet_lib.train import cpu_name
+from irnet_lib.runtime import cpu_name
 
 __all__ = ["VARIANTS", "MODES", "DEFAULT_MODE", "build", "hardware", "run", "main", "summarise", "time_per_call"]
 
@@ -86,7 +86,7 @@ MODES = {
     "reduce_overhead_bf16": Mode(True, True, True, compile_mode="reduce-overhead"),
 }
 GPU_ONLY_MODES = ("compile_bf16", "graph_bf16", "reduce_overhead_bf16")
-# The training path the command lines use on each device (python -m irnet_lib.train, fast on).
+# The fastest training path of the command lines on each device (python -m irnet_lib.train --fast).
 DEFAULT_MODE = {"cpu": "fast", "cuda": "graph_bf16"}
 PAPER_HOURS = {"standard": 5.5, "se": 6.0}   # Table 3, 55 epochs on a Colab GPU
 RECIPE = dict(epochs=55, train_images=130_000, test_images=5_000, image_px=64, batch_size=256)
@@ -116,7 +116,7 @@ def hardware(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "allocator": allocator.state(),
+        "allocator": allocator.setting,
         # Where CondConv's per-example fp32 matmuls run on the CPU in the fast layer.
         "cpu_matmul": cpu_matmul_library(),
         # How its depthwise layers run on a channels_last CPU tensor in the fast layer.
@@ -244,12 +244,7 @@ class Settings:
             raise ValueError("device 'cuda' asked for but torch.cuda.is_available() is False: "
                              "run with --device cpu, or on a machine with a GPU")
         gpu = self.device == "cuda"
-        if self.batch is None:
-            self.batch = (64 if gpu else 16) if self.short else (256 if gpu else 64)
-        if self.infer_batch is None:
-            self.infer_batch = 32 if self.short else 256
-        if self.reps is None:
-            self.reps = 3 if self.short else (10 if gpu else 5)
+        self._fill_defaults(gpu)
         for name, v in (("batch", self.batch), ("infer_batch", self.infer_batch), ("reps", self.reps),
                         ("image_size", self.image_size),
                         ("warmup", self.warmup + 1)):
@@ -258,14 +253,6 @@ class Settings:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown variant(s) {bad}: choose from {VARIANTS}")
-        if self.compile is None:
-            self.compile = gpu or not self.short
-        if self.modes is None:
-            # One compiled mode per device: compiling costs minutes per network (67-81 s per IR-NET
-            # variant for its training graph alone on an H200), and a GPU trains in bf16.
-            compiled = "compile_bf16" if gpu else "compile"
-            self.modes = tuple(m for m in MODES if (gpu or m not in GPU_ONLY_MODES)
-                               and (not MODES[m].compiled or (self.compile and m == compiled)))
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise ValueError(f"unknown mode(s) {bad}: choose from {tuple(MODES)}")
@@ -279,6 +266,22 @@ class Settings:
         if self.short:
             self.iters = {k: max(1, v // 5) for k, v in self.iters.items()}
         return self
+
+    def _fill_defaults(self, gpu: bool) -> None:
+        if self.batch is None:
+            self.batch = (64 if gpu else 16) if self.short else (256 if gpu else 64)
+        if self.infer_batch is None:
+            self.infer_batch = 32 if self.short else 256
+        if self.reps is None:
+            self.reps = 3 if self.short else (10 if gpu else 5)
+        if self.compile is None:
+            self.compile = gpu or not self.short
+        if self.modes is None:
+            # One compiled mode per device: compiling costs minutes per network (67-81 s per IR-NET
+            # variant for its training graph alone on an H200), and a GPU trains in bf16.
+            compiled = "compile_bf16" if gpu else "compile"
+            self.modes = tuple(m for m in MODES if (gpu or m not in GPU_ONLY_MODES)
+                               and (not MODES[m].compiled or (self.compile and m == compiled)))
 
 
 def run(settings: Settings, log=print, save=None) -> dict:
@@ -314,7 +317,8 @@ def run(settings: Settings, log=print, save=None) -> dict:
     return _run(s, device, hw, log, save)
 
 
-def _run(s, device, hw, log, save) -> dict:
+def _warm_up(s, device, log) -> tuple[list, dict]:
+    """Every (variant, mode) case built and warmed up (compiled, captured); those that fail are reported."""
     cases, skipped = [], {}
     for mode in s.modes:
         for variant in s.variants:
@@ -332,7 +336,11 @@ def _run(s, device, hw, log, save) -> dict:
                 continue
             cases.append(case)
             log(f"  warmed up {variant:>12s} / {mode:<13s} in {case.compile_s:6.1f} s")
+    return cases, skipped
 
+
+def _time(cases, s, device, log) -> None:
+    """The timed repetitions, interleaved over the cases, into each case's ``times``."""
     # One untimed pass in the timed order first. Warming each case on its own does not reach the
     # memory high-water mark of the interleaved loop (every case's activations, inference at the
     # large batch): on a CPU the first interleaved pass then grows the heap, and the kernel
@@ -348,20 +356,25 @@ def _run(s, device, hw, log, save) -> dict:
                 case.times[kind].append(time_per_call(case.callables()[kind], s.iters[kind], device))
         log(f"  repetition {rep + 1}/{s.reps} done")
 
-    rows = []
-    for c in cases:
-        tr, inf, lat = (_stats(c.times[k]) for k in ("train", "infer", "latency"))
-        rows.append({
-            "variant": c.variant, "mode": c.mode, "batch": c.batch, "infer_batch": c.infer_batch,
-            "train_step_ms": {k: v * 1e3 if k != "n" else v for k, v in tr.items()},
-            "train_img_s": c.batch / tr["median"],
-            "train_img_s_iqr": [c.batch / tr["q3"], c.batch / tr["q1"]],
-            "infer_img_s": c.infer_batch / inf["median"],
-            "infer_img_s_iqr": [c.infer_batch / inf["q3"], c.infer_batch / inf["q1"]],
-            "latency_ms": {k: v * 1e3 if k != "n" else v for k, v in lat.items()},
-            "warmup_s": c.compile_s,
-            "raw_s": c.times,
-        })
+
+def _row(c) -> dict:
+    tr, inf, lat = (_stats(c.times[k]) for k in ("train", "infer", "latency"))
+    return {
+        "variant": c.variant, "mode": c.mode, "batch": c.batch, "infer_batch": c.infer_batch,
+        "train_step_ms": {k: v * 1e3 if k != "n" else v for k, v in tr.items()},
+        "train_img_s": c.batch / tr["median"],
+        "train_img_s_iqr": [c.batch / tr["q3"], c.batch / tr["q1"]],
+        "infer_img_s": c.infer_batch / inf["median"],
+        "infer_img_s_iqr": [c.infer_batch / inf["q3"], c.infer_batch / inf["q1"]],
+        "latency_ms": {k: v * 1e3 if k != "n" else v for k, v in lat.items()},
+        "warmup_s": c.compile_s,
+        "raw_s": c.times,
+    }
+
+
+def _run(s, device, hw, log, save) -> dict:
+    cases, skipped = _warm_up(s, device, log)
+    _time(cases, s, device, log)
     by = {(c.variant, c.mode): c for c in cases}
     default = DEFAULT_MODE[s.device] if DEFAULT_MODE[s.device] in s.modes else s.modes[-1]
     ratios = {"default_mode": default}
@@ -372,6 +385,7 @@ def _run(s, device, hw, log, save) -> dict:
                for v in s.variants if (v, "eager") in by and (v, default) in by}
     ratios["default_over_eager_train_speedup"] = {"default_mode": default, "by_variant": speedup}
 
+    rows = [_row(c) for c in cases]
     result = {"hardware": hw, "settings": {k: v for k, v in vars(s).items()}, "rows": rows, "skipped": skipped,
               "ratios": ratios, "note": NOISE_NOTE}
     if save is not None:

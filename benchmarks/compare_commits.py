@@ -38,7 +38,7 @@ from _interleave import interleaved  # noqa: E402
 import irnet_lib  # noqa: E402
 from irnet_lib import fast  # noqa: E402
 from irnet_lib.fast import allocator  # noqa: E402
-from irnet_lib.train import hardware_name  # noqa: E402
+from irnet_lib.runtime import hardware_name  # noqa: E402
 
 
 def import_commit(rev: str, folder: Path):

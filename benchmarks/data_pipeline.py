@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irnet_lib.data import load_dataset, make_loader  # noqa: E402
+from irnet_lib.data import load_dataset, make_loader
 
 
 def cpu_name() -> str:

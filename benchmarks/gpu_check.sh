@@ -14,19 +14,19 @@
 #             --train-subset 64 --test-subset 32 --epochs 3 --warmup-epochs 1);
 #   seeds     the 10-epoch recipe stepped per iteration, $SEEDS seeds per block (error bars);
 #   bench     benchmarks/bench.py: the three variants and MobileNetV2 in eager, bf16 (the teaching code),
-#             fast_bf16, graph_bf16 (the command line's default) and reduce_overhead_bf16 (batch 256), with
+#             fast_bf16, graph_bf16 (the command line's --fast) and reduce_overhead_bf16 (batch 256), with
 #             the 55-epoch projection in graph_bf16 (130k random 64 px images, tensor pipeline);
 #   project   the bench in graph_bf16 mode only, with its projection;
 #   profile   benchmarks/gpu_profile.py: kernels per step, GPU time against wall time;
 #   compile   torch.compile + bf16, with its projection;
-#   triton    benchmarks/triton_depthwise.py: CondConv's per-example depthwise conv as Triton kernels,
+#   triton    experiments/triton-depthwise/triton_depthwise.py: CondConv's per-example depthwise conv as Triton kernels,
 #             checked against the fold (fp32, bf16), then timed against it per layer and in a whole
 #             bf16 training step of the CondConv network (a candidate for the fast layer).
 # Everything is packed into OUT/results.tgz (checkpoints left out) after each stage, and the bench
 # saves its JSON as it goes, so a stage stopped by its limit keeps what it measured. Training runs
 # keep their checkpoints in $WORK (outside OUT): a second call on the same warm machine resumes them.
 #
-#   bash benchmarks/gpu_check.sh OUT [FASHION_MNIST_ROOT]
+#   bash benchmarks/gpu_check.sh OUT [FASHION_MNIST_ROOT]      # PYTHON: the interpreter (default python3)
 #   STAGES="fp16 faithful" FAITHFUL_S=480 bash benchmarks/gpu_check.sh OUT data
 #
 # Measured before (with the old command names, same recipe): on an H200, test 45 s, profile 55 s,
@@ -35,6 +35,7 @@
 # faithful 55 epochs take roughly 5.5 (standard), 7 (SE) and 12 (CondConv) minutes on either card, and
 # the seeds stage about 5 minutes per seed for the three blocks. One device call may run 10 minutes.
 set -u
+PY=${PYTHON:-python3}
 OUT=${1:?usage: gpu_check.sh OUT [FASHION_MNIST_ROOT]}
 FM_ROOT=${2:-data}
 STAGES=${STAGES:-fp16 faithful}
@@ -56,17 +57,17 @@ pack() { tar czf "$OUT/results.tgz" --exclude='*.pt' -C "$WORK" . ; }
 
 log environment
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
 
 for stage in $STAGES; do
   case $stage in
     test)
       log "tests: CUDA graphs"
       # -o addopts=: the project's defaults ask for nbval, which a bare GPU image may lack
-      timeout "${TEST_S:-120}" python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphs.py 2>&1 | tail -5 ;;
+      timeout "${TEST_S:-120}" "$PY" -m pytest -q -p no:cacheprovider -o addopts= tests/test_graphs.py 2>&1 | tail -5 ;;
     fp16)
       log "fp16 (forced), all of Fashion-MNIST, 2 epochs of the 10-epoch recipe, eager with the gradient scaler"
-      timeout "${FP16_S:-150}" python3 -m irnet_lib.train --block standard --data fashion-mnist --root "$FM_ROOT" \
+      timeout "${FP16_S:-150}" "$PY" -m irnet_lib.train --fast --block standard --data fashion-mnist --root "$FM_ROOT" \
           --precision fp16 --epochs 10 --warmup-epochs 1 --lr-step iteration --max-epochs 2 \
           --out "$WORK/fp16-check/standard" ;;
     faithful)
@@ -83,7 +84,7 @@ for stage in $STAGES; do
         left=$(( FAITHFUL_S - ($(date +%s) - start) ))
         [ "$left" -gt 20 ] || break
         log "faithful recipe, $block, at most ${left} s in this call (resumes from $runs/$block)"
-        timeout --signal=TERM "$left" python3 -m irnet_lib.train --block "$block" --data fashion-mnist \
+        timeout --signal=TERM "$left" "$PY" -m irnet_lib.train --fast --block "$block" --data fashion-mnist \
             --root "$FM_ROOT" --out "$runs/$block" --quiet ${FAITHFUL_ARGS:-}
         pack
       done
@@ -91,7 +92,7 @@ for stage in $STAGES; do
       for block in $BLOCKS; do   # an unfinished run's checkpoint, in pieces that OUT lets back
         last=$runs/$block/last.pt
         [ -f "$last" ] || continue
-        if python3 -c "
+        if "$PY" -c "
 import sys; sys.path.insert(0, '.')
 from irnet_lib.runs import read_history
 run = read_history('$runs/$block')
@@ -103,11 +104,11 @@ sys.exit(len(run.history) < run.planned_epochs)"; then continue; fi
           log "faithful recipe, $block: unfinished; its last.pt ($(stat -c %s "$last") bytes) is too large to come back"
         fi
       done
-      python3 -m irnet_lib.reproduce --from-results "$runs" \
+      "$PY" -m irnet_lib.reproduce --fast --from-results "$runs" \
           --figure "$WORK/fig5_fashion-mnist-gpu-55ep.png" --quiet || true
       for block in $BLOCKS; do   # the fp16 weights of finished runs, each a file of its own (OUT's limits)
         # best.pt, or last.pt where the best epoch's file stayed on a machine the run left
-        [ -f "$runs/$block/last.pt" ] && python3 -c "
+        [ -f "$runs/$block/last.pt" ] && "$PY" -c "
 import os, sys, torch; sys.path.insert(0, '.')
 from irnet_lib.runs import load_checkpoint, read_history
 folder = '$runs/$block'
@@ -122,7 +123,7 @@ if len(run.history) == run.planned_epochs:
       for seed in $SEEDS; do
         for block in $BLOCKS; do
           log "10 epochs per iteration, $block, seed $seed"
-          timeout "${SEED_S:-240}" python3 -m irnet_lib.train --block "$block" --data fashion-mnist --root "$FM_ROOT" \
+          timeout "${SEED_S:-240}" "$PY" -m irnet_lib.train --fast --block "$block" --data fashion-mnist --root "$FM_ROOT" \
               --epochs 10 --warmup-epochs 1 --lr-step iteration --seed "$seed" --quiet \
               --out "$WORK/fashion-mnist-gpu-10ep-seeds/seed$seed/$block"
           pack
@@ -130,27 +131,27 @@ if len(run.history) == run.planned_epochs:
       done ;;
     project)
       log "bench: graph_bf16 only, with the projection"
-      timeout "${PROJECT_S:-150}" python3 benchmarks/bench.py --device cuda --modes graph_bf16 \
+      timeout "${PROJECT_S:-150}" "$PY" benchmarks/bench.py --device cuda --modes graph_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-projection" ;;
     bench)
       log "bench: eager, bf16, fast_bf16, graph_bf16, reduce_overhead_bf16, MobileNetV2; projection"
-      timeout "${BENCH_S:-420}" python3 benchmarks/bench.py --device cuda \
+      timeout "${BENCH_S:-420}" "$PY" benchmarks/bench.py --device cuda \
           --modes eager bf16 fast_bf16 graph_bf16 reduce_overhead_bf16 --reps 3 --out "$WORK/bench" ;;
     profile)
       log "profile: kernels per training step"
-      timeout "${PROFILE_S:-90}" python3 benchmarks/gpu_profile.py --out "$WORK/bench" ;;
+      timeout "${PROFILE_S:-90}" "$PY" benchmarks/gpu_profile.py --out "$WORK/bench" ;;
     compile)
       log "bench: torch.compile + bf16"
-      timeout "${COMPILE_S:-420}" python3 benchmarks/bench.py --device cuda --modes compile_bf16 \
+      timeout "${COMPILE_S:-420}" "$PY" benchmarks/bench.py --device cuda --modes compile_bf16 \
           --variants standard se condconv --reps 3 --out "$WORK/bench-compile" ;;
     triton)
       log "candidate: Triton per-example depthwise kernels for CondConv"
-      timeout "${TRITON_S:-240}" python3 benchmarks/triton_depthwise.py --check --bench --out "$WORK/triton-depthwise" ;;
+      timeout "${TRITON_S:-240}" "$PY" experiments/triton-depthwise/triton_depthwise.py --check --bench --out "$WORK/triton-depthwise" ;;
     fmnist)
       # one block at a time, packed after each: a stage stopped by its limit keeps finished blocks
       for block in $BLOCKS; do
         log "Fashion-MNIST, $block, $EPOCHS epochs ${FMNIST_ARGS:-}"
-        timeout "${FMNIST_S:-380}" python3 -m irnet_lib.reproduce --data fashion-mnist --root "$FM_ROOT" \
+        timeout "${FMNIST_S:-380}" "$PY" -m irnet_lib.reproduce --fast --data fashion-mnist --root "$FM_ROOT" \
             --out "$WORK/$FMNIST_NAME" --figure "$WORK/fig5_$FMNIST_NAME.png" \
             --epochs "$EPOCHS" --warmup-epochs 1 --blocks $block --quiet ${FMNIST_ARGS:-}
         pack

@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import bench  # noqa: E402
+from benchmarks import bench
 
 
 def kernels(case, steps: int):

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _interleave import interleaved  # noqa: E402
+from _interleave import interleaved
 
-import irnet_lib  # noqa: E402
-from irnet_lib import fast  # noqa: E402
-from irnet_lib.condconv import CondConv2d  # noqa: E402
-from irnet_lib.fast import allocator  # noqa: E402
-from irnet_lib.train import hardware_name  # noqa: E402
+import irnet_lib
+from irnet_lib import fast
+from irnet_lib.condconv import CondConv2d
+from irnet_lib.fast import allocator
+from irnet_lib.runtime import hardware_name
 
 
 def with_timm_layers(model):

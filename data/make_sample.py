@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from irnet_lib.data.datasets import DEBIAN_FASHION_MNIST, FASHION_FILES, FASHION_MNIST_CLASSES, _find_idx, read_idx  # noqa: E402
+from irnet_lib.data.datasets import DEBIAN_FASHION_MNIST, FASHION_FILES, FASHION_MNIST_CLASSES, _find_idx, read_idx
 
 PER_CLASS = {"train": 120, "test": 40}
 SEED = 0

@@ -62,5 +62,5 @@ def check_device(device):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                         "use device='cpu'")
+                         "leave the device unset or pass 'cpu' to run on the CPU")
     return dev

@@ -100,72 +100,68 @@ def _costs(module, parent, x, out, roles, include):
                kernel=None, groups=None, kind=None, macs=0, weights=0, biases=0, params=0)
     n_in = _numel(x.shape[1:])
     n_out = _numel(out.shape[1:]) if torch.is_tensor(out) else 0
-
     if isinstance(module, (nn.Conv2d, CondConv2d)):
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            bias = module.bias.numel() if module.bias is not None else 0
-            experts = 1
-        else:
-            kh = kw = module.kernel_size
-            bias, experts = 0, module.num_experts
-        c_in, c_out, g = module.in_channels, module.out_channels, module.groups
-        w1 = c_out * (c_in // g) * kh * kw                         # one kernel, as an ordinary conv
-        kind = _conv_kind(c_in, c_out, (kh, kw), g)
-        role = roles.get(module, f"{kind} conv")
-        base = dict(rec, role=role, kind=kind, kernel=f"{kh}x{kw}", groups=g)
-        out_recs = [dict(base, component="conv", macs=n_out * (c_in // g) * kh * kw, weights=w1,
-                         biases=bias, params=w1 + bias)]
-        if experts > 1:
-            out_recs.append(dict(base, component="experts", weights=(experts - 1) * w1,
-                                 params=(experts - 1) * w1))
-        if experts > 1 and include["mixing"]:
-            out_recs.append(dict(base, component="mixing", macs=experts * w1))
-        return out_recs
-
+        return _conv_costs(module, rec, n_out, roles, include)
     if isinstance(module, nn.Linear):
-        component = ("se" if isinstance(parent, SqueezeExcite) else
-                     "routing" if isinstance(parent, Routing) else "linear")
-        if component == "routing" and not include["routing"]:
-            return []
-        bias = module.bias.numel() if module.bias is not None else 0
-        w = module.weight.numel()
-        role = {"se": "SE", "routing": "routing"}.get(component, roles.get(module, "linear"))
-        return [dict(rec, component=component, role=role, kind="linear",
-                     macs=n_out * module.in_features, weights=w, biases=bias, params=w + bias)]
-
+        return _linear_costs(module, parent, rec, n_out, roles, include)
     if isinstance(module, SqueezeExcite):
-        recs = []
-        if include["se_scale"]:
-            recs.append(dict(rec, component="se_scale", role="SE", kind="scale", macs=n_in))
-        if include["pool"]:
-            recs.append(dict(rec, component="pool", role="SE", kind="pool", macs=n_in))
-        return recs
-
+        parts = (("se_scale", "scale"), ("pool", "pool"))   # the channel scaling x * s, and SE's own pool
+        return [dict(rec, component=c, role="SE", kind=kind, macs=n_in) for c, kind in parts if include[c]]
     if isinstance(module, Routing):
         return [dict(rec, component="pool", role="routing", kind="pool", macs=n_in)] \
             if include["pool"] and include["routing"] else []
-
     if isinstance(module, _BatchNorm):
-        if not include["bn"]:
-            return []
         affine = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
-        return [dict(rec, component="bn", role="BN", kind="bn", macs=n_in, params=affine)]
-
+        return [dict(rec, component="bn", role="BN", kind="bn", macs=n_in, params=affine)] if include["bn"] else []
     if isinstance(module, _POOLS):
-        if not include["pool"]:
-            return []
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            macs = n_in
-        else:
-            k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
-            macs = n_out * k[0] * k[1]
-        return [dict(rec, component="pool", role="pool", kind="pool", macs=macs)]
-
+        return [dict(rec, component="pool", role="pool", kind="pool", macs=_pool_macs(module, n_in, n_out))] \
+            if include["pool"] else []
     if isinstance(module, _ACTIVATIONS):
         return [dict(rec, component="activation", role="activation", kind=type(module).__name__,
                      macs=n_in)] if include["activations"] else []
     return []
+
+
+def _conv_costs(module, rec, n_out, roles, include):
+    """An ordinary conv, or a CondConv: its one mixed kernel, the other experts' weights, the mixing."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        bias = module.bias.numel() if module.bias is not None else 0
+        experts = 1
+    else:
+        kh = kw = module.kernel_size
+        bias, experts = 0, module.num_experts
+    c_in, c_out, g = module.in_channels, module.out_channels, module.groups
+    w1 = c_out * (c_in // g) * kh * kw                         # one kernel, as an ordinary conv
+    kind = _conv_kind(c_in, c_out, (kh, kw), g)
+    base = dict(rec, role=roles.get(module, f"{kind} conv"), kind=kind, kernel=f"{kh}x{kw}", groups=g)
+    recs = [dict(base, component="conv", macs=n_out * (c_in // g) * kh * kw, weights=w1, biases=bias,
+                 params=w1 + bias)]
+    if experts > 1:
+        recs.append(dict(base, component="experts", weights=(experts - 1) * w1, params=(experts - 1) * w1))
+    if experts > 1 and include["mixing"]:
+        recs.append(dict(base, component="mixing", macs=experts * w1))
+    return recs
+
+
+def _linear_costs(module, parent, rec, n_out, roles, include):
+    """A linear layer: SE's, a CondConv router's, or the classifier."""
+    component = ("se" if isinstance(parent, SqueezeExcite) else
+                 "routing" if isinstance(parent, Routing) else "linear")
+    if component == "routing" and not include["routing"]:
+        return []
+    bias = module.bias.numel() if module.bias is not None else 0
+    w = module.weight.numel()
+    role = {"se": "SE", "routing": "routing"}.get(component, roles.get(module, "linear"))
+    return [dict(rec, component=component, role=role, kind="linear",
+                 macs=n_out * module.in_features, weights=w, biases=bias, params=w + bias)]
+
+
+def _pool_macs(module, n_in, n_out) -> int:
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return n_in
+    k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
+    return n_out * k[0] * k[1]
 
 
 def _meta_twin(model: nn.Module) -> nn.Module:
@@ -303,11 +299,11 @@ def _row_info(model: IRNet, input_size):
         entering = {}
 
         def pre(key):
-            def hook(module, args):   # must return None: a pre-hook's return value replaces the input
+            def hook(_module, args):   # must return None: a pre-hook's return value replaces the input
                 entering.setdefault(key, tuple(args[0].shape[1:]))
             return hook
 
-        def out_hook(module, args, output):
+        def out_hook(_module, _args, output):
             entering["output"] = tuple(output.shape[1:])
 
         parts = [("stem", m.stem), *[(i, r) for i, r in enumerate(m.rows)], ("head", m.head), ("pool", m.pool)]

@@ -70,7 +70,7 @@ def use_formulation(fn):
     signature and result, or with :func:`condconv2d` itself for ``None``; returns the formulation it
     replaces, so that the caller can put it back. ``irnet_lib.fast`` plugs its formulations in here;
     a training run without the fast layer plugs ``None`` for its duration."""
-    global _formulation  # noqa: PLW0603 - the one plug point of the process, on purpose and documented
+    global _formulation
     previous, _formulation = _formulation, fn
     return previous
 

@@ -147,7 +147,7 @@ def _shapes(block: InvertedResidual, input_hw) -> dict:
     """Output shape (without batch) of every field of ``block``, recorded by hooks on a meta copy."""
     twin = _meta_copy(block)
     shapes = {}
-    hooks = [getattr(twin, n).register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+    hooks = [getattr(twin, n).register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
              for n in ("act1", "act2", "se", "bn3")]
     try:
         with torch.no_grad():
@@ -330,7 +330,7 @@ def _condconv_inputs(module: nn.Module, x, convs):
         raise ValueError(f"x must be one (1, {c_in}, H, W) input, got shape {tuple(x.shape)}")
     x = x[:1]
     seen = {}
-    hooks = [c.register_forward_pre_hook(lambda m, args, n=n: seen.__setitem__(n, args)) for n, c in named]
+    hooks = [c.register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args)) for n, c in named]
     was_training = module.training
     try:
         module.eval()
@@ -488,7 +488,7 @@ def condconv_figure(module=None, x=None, convs=("conv_dw", "conv_pw")):
 
 # ----------------------------------------------------------------------------------- entry point
 
-def main(argv=None) -> list:
+def main() -> list:
     """Write ``fig2_blocks.png`` and ``fig4_condconv.png`` (see the module docstring)."""
     import matplotlib
 

@@ -48,7 +48,7 @@ def runs_folder(name: str, drive_folder: str | None = None) -> Path:
         if "google.colab" not in sys.modules:
             raise RuntimeError("drive_folder is for Colab: set it to None here, runs go to runs/ in the clone")
         if not Path("/content/drive/MyDrive").is_dir():
-            from google.colab import drive  # noqa: PLC0415 - exists in Colab only
+            from google.colab import drive
             try:
                 drive.mount("/content/drive")
             except Exception as e:

@@ -72,7 +72,7 @@ def table1() -> pd.DataFrame:
     ops = {"stem": lambda r: f"Conv ({r.F}x{r.F}/{r.S}), Batch Norm, ReLU",
            "block": lambda r: f"Block (Ne=4Ni, F={r.F}, S={r.S}, ID={r.ID})",
            "head": lambda r: f"Conv ({r.F}x{r.F}/{r.S}), Batch Norm, ReLU",
-           "classifier": lambda r: "Global Avg Pool, Linear, Bias"}
+           "classifier": lambda _r: "Global Avg Pool, Linear, Bias"}
     rows = [dict(repeat=r.repeat, input="x".join(map(str, r.input)), operation=ops[r.op](r)) for r in TABLE_1]
     rows.append(dict(repeat=1, input="1x100", operation="Output"))
     return pd.DataFrame(rows)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .loop import NonFiniteError
 from .recipe import TABLE_3, Recipe, add_recipe_arguments, recipe_from_args
 from .runs import Run, RunFolder, read_history
+from .runtime import Runtime
 from .train import (
-    NonFiniteError,
-    Runtime,
     add_data_arguments,
     add_runtime_arguments,
     check_data_arguments,

@@ -14,18 +14,24 @@ folder from which resuming ends exactly where an uninterrupted run ends:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
+import platform
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["Run", "RunFolder", "CheckpointError", "CheckpointMismatchError", "atomic_save", "load_checkpoint",
-           "read_history", "CHECKPOINT_FORMAT"]
+           "read_history", "run_meta", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -41,7 +47,7 @@ class CheckpointMismatchError(CheckpointError):
 @dataclass
 class Run:
     """What ``fit``/``train`` return: the per-epoch history, the run's metadata and the model."""
-    history: pandas.DataFrame  # noqa: F821
+    history: pd.DataFrame
     meta: dict
     model: nn.Module | None
     out_dir: Path | None = None
@@ -122,6 +128,34 @@ def read_history(path) -> Run:
     return Run(pd.DataFrame(d["epochs"]), d["meta"], None, path.parent)
 
 
+_SHOWN = 4   # differences named in a refusal to resume; the rest are counted
+_ABSENT = object()
+
+
+def _differences(stored: dict, asked: dict, prefix: str = "") -> list[str]:
+    """The fields of two run configs that differ, nested dicts field by field under dotted names
+    ("recipe.train_lr_max"), each with both values."""
+    out = []
+    for key in sorted(set(stored) | set(asked), key=str):
+        was, now = stored.get(key, _ABSENT), asked.get(key, _ABSENT)
+        if isinstance(was, dict) and isinstance(now, dict):
+            out += _differences(was, now, f"{prefix}{key}.")
+        elif was != now:
+            meaning = " (a hash of the network's tensor names and shapes)" if f"{prefix}{key}" == "model" else ""
+            out.append(f"{prefix}{key}{meaning}: checkpoint has {_brief(was)}, this run has {_brief(now)}")
+    return out
+
+
+def _brief(value) -> str:
+    """A config value in a one-line message: a whole dict only by its size."""
+    if value is _ABSENT:
+        return "none"
+    if isinstance(value, dict):
+        return f"{len(value)} fields"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class RunFolder:
     """The folder of one run. Opening it checks that it can be written (before any training) and
     removes the temporary files a killed save left behind. ``write=False`` (the other processes of
@@ -153,13 +187,13 @@ class RunFolder:
         if not self.last.exists():
             return None
         ckpt = load_checkpoint(self.last, map_location=map_location)
-        stored = ckpt.get("config", {})
-        problems = [f"{k}: checkpoint has {stored.get(k)!r}, this run has {config.get(k)!r}"
-                    for k in sorted(set(stored) | set(config)) if stored.get(k) != config.get(k)]
+        problems = _differences(ckpt.get("config", {}), config)
         if problems:
+            shown = "; ".join(problems[:_SHOWN]) + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN
+                                                    else "")
             raise CheckpointMismatchError(
-                f"refusing to resume from {self.last}: it belongs to another run (" + "; ".join(problems)
-                + "). Use another out_dir / --out, or start over with resume=False / --restart.")
+                f"refusing to resume from {self.last}: it belongs to another run ({shown}). Start a new run in "
+                "another folder (out_dir=..., --out), or start this one over (resume=False, --restart).")
         return ckpt
 
     def repair(self, ckpt: dict, meta: dict) -> None:
@@ -193,3 +227,24 @@ class RunFolder:
             return load_checkpoint(path)["epoch"]
         except (FileNotFoundError, CheckpointError):
             return None
+
+
+def run_meta(meta: dict | None, model: nn.Module, recipe, runtime, device, precision: str, train_loader) -> dict:
+    """What a run is and where it ran, for its history: ``meta`` (what the caller says: data, seed...)
+    completed with the recipe, a signature of the model, the hardware and the versions. Its
+    ``"config"`` entry is what a checkpoint must match to be resumed."""
+    from .runtime import hardware_name, world
+    meta = dict(meta or {})
+    processes = world()[1]
+    meta["config"] = dict(meta.get("config", {}), recipe=recipe.to_dict(), model=_model_signature(model))
+    meta.update(precision=precision, channels_last=runtime.channels_last, compile=runtime.compile, device=str(device),
+                hardware=hardware_name(device), world_size=processes, torch=torch.__version__,
+                python=platform.python_version(), faithful_recipe=recipe.faithful,
+                train_images_per_epoch=getattr(train_loader, "num_samples", 0) * processes or None)
+    return meta
+
+
+def _model_signature(model: nn.Module) -> str:
+    """A short hash of the parameter and buffer names and shapes: it differs between the three blocks."""
+    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_short_mode_saves_json_with_hardware_rows_and_ratios(tiny_run):
-    result, path = tiny_run
+    _result, path = tiny_run
     saved = json.loads(path.read_text())
     assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["torch"]
     # which code computed CondConv is part of what was measured

@@ -171,7 +171,7 @@ def test_epochs_are_deterministic(sample, pipeline):
     xa, ya = first(a, 3)
     xb, yb = first(b, 3)
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    xc, yc = first(a, 4)
+    _, yc = first(a, 4)
     assert not torch.equal(ya, yc)
     xd, _ = first(make_loader(small, "train", batch_size=32, pipeline=pipeline, seed=2, num_workers=0), 3)
     assert not torch.equal(xa, xd)

@@ -4,13 +4,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.text import Text
 
-from irnet_lib import diagrams  # noqa: E402
-from irnet_lib.blocks import condconv_block, se_block, standard_block  # noqa: E402
+from irnet_lib import diagrams
+from irnet_lib.blocks import condconv_block, se_block, standard_block
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +117,6 @@ def test_condconv_figure_with_shared_routing_and_refusals():
 
 def test_entry_point_writes_both_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("IRNET_FIGURES", str(tmp_path))
-    written = diagrams.main([])
+    written = diagrams.main()
     assert sorted(p.name for p in written) == ["fig2_blocks.png", "fig4_condconv.png"]
     assert all(p.stat().st_size > 10_000 for p in written)

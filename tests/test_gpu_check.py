@@ -5,6 +5,7 @@ embedded sample instead of Fashion-MNIST (the later --data wins over the script'
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ DRY = "--data fashion-mnist-sample --device cpu --train-subset 32 --test-subset 
 
 def _gpu_check(out: Path, work: Path, **env) -> str:
     env = {**os.environ, "STAGES": "faithful", "BLOCKS": "standard", "WORK": str(work), "FAITHFUL_S": "300",
-           "OMP_NUM_THREADS": "1", **env}
+           "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **env}
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out), "data"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

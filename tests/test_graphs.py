@@ -12,9 +12,9 @@ from test_train import RECIPE, loaders, tiny_model
 
 from benchmarks import bench
 from irnet_lib import irnet
-from irnet_lib import train as train_mod
 from irnet_lib.fast.graphs import GraphedStep, GraphedTrainingStep, graphs_available
-from irnet_lib.train import Runtime, fit
+from irnet_lib.loop import EagerStep, fit
+from irnet_lib.runtime import Runtime
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,7 +35,7 @@ def test_fit_insisting_on_graphs_without_a_gpu_is_a_clear_error():
 
 def test_fit_on_a_cpu_records_that_it_did_not_capture():
     run = fit(tiny_model(), *loaders(), RECIPE.compressed(2, 1), quiet=True, fast=True)
-    assert run.meta["cuda_graph"] is False
+    assert run.meta["speedups"]["cuda_graph"] is False
 
 
 @pytest.mark.parametrize("fast, cuda_graph, compile, world, precision, expected", [
@@ -46,13 +46,15 @@ def test_fit_on_a_cpu_records_that_it_did_not_capture():
     (True, False, False, 1, "bf16", "eager"), (False, True, False, 1, "bf16", "graph"),
     (True, True, True, 1, "bf16", "torch.compile"), (True, True, False, 2, "bf16", "one process"),
     (True, True, False, 1, "fp16", "bf16 or fp32")])
-def test_when_fit_captures(monkeypatch, fast, cuda_graph, compile, world, precision, expected):
-    monkeypatch.setattr(train_mod.nn.parallel, "DistributedDataParallel", lambda m, **kw: m)
-    monkeypatch.setattr(torch, "compile", lambda m, **kw: m)
+def test_when_fit_captures(fast, cuda_graph, compile, world, precision, expected):
     rt = Runtime(fast=fast, cuda_graph=cuda_graph, compile=compile)
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    make = lambda: train_mod._make_step(model, opt, F.cross_entropy, torch.device("cuda"), precision, rt, world)  # noqa: E731
+    cuda = torch.device("cuda")
+    eager = EagerStep(model, opt, F.cross_entropy, torch.device("cpu"), "fp32")   # stands in for the loop's step
+
+    def make():
+        return rt.speedups(cuda, precision, world).make_step(eager, model, opt, F.cross_entropy)
     if expected in ("graph", "eager"):
         with pytest.warns(UserWarning, match="fp16") if precision == "fp16" and fast else _no_warning():
             step = make()
@@ -130,6 +132,6 @@ def test_fit_with_graphs_trains_like_fit_without(tmp_path):
             loader.x, loader.y = loader.x.cuda(), loader.y.cuda()
         runs[graphed] = fit(tiny_model(), train, test, RECIPE, device="cuda", precision="fp32", quiet=True,
                             fast=True, cuda_graph=graphed)
-    assert runs[True].meta["cuda_graph"] and not runs[False].meta["cuda_graph"]
+    assert runs[True].meta["speedups"]["cuda_graph"] and not runs[False].meta["speedups"]["cuda_graph"]
     a, b = runs[True].history, runs[False].history
     assert all(math.isclose(u, v, rel_tol=1e-3) for u, v in zip(a.train_loss, b.train_loss))

@@ -1,4 +1,6 @@
 """Table 1 as built: parameter counts, shapes entering every row, knobs and their errors."""
+import itertools
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def test_output_shape(block):
 def test_feature_map_entering_each_row_has_table1_shape(block):
     model = irnet(block).eval()
     seen = []
-    hook = lambda m, args: seen.append(tuple(args[0].shape[1:]))  # noqa: E731
+    hook = lambda m, args: seen.append(tuple(args[0].shape[1:]))
     model.stem.register_forward_pre_hook(hook)
     for row in model.rows:
         row.register_forward_pre_hook(hook)
@@ -46,7 +48,7 @@ def test_table1_as_the_paper_prints_it():
     assert all(r.F == 3 for r in blocks) and sum(r.repeat for r in blocks) == 16
     assert [r.S for r in blocks] == [1, 1, 1, 2, 1, 2, 1, 2, 1, 1]
     # The ID column is exactly the rule "Ni == No and S == 1" (No = the next row's Ni).
-    for row, nxt in zip(TABLE_1[1:-2], TABLE_1[2:-1]):
+    for row, nxt in itertools.pairwise(TABLE_1[1:-1]):
         assert row.ID == (row.input[0] == nxt.input[0] and row.S == 1)
 
 

@@ -8,6 +8,7 @@
 - One table of bad inputs: each gives one line naming the problem and the fix, and leaves every
   existing file as it was.
 """
+import dataclasses
 import hashlib
 import math
 from pathlib import Path
@@ -18,9 +19,10 @@ from test_train import RECIPE, TIMING, StandInLoader, loaders, tiny_model
 
 import irnet_lib
 from irnet_lib import runs as runs_mod
+from irnet_lib.loop import NonFiniteError, fit
 from irnet_lib.recipe import Recipe
 from irnet_lib.runs import CheckpointError, load_checkpoint
-from irnet_lib.train import NonFiniteError, fit, main
+from irnet_lib.train import main
 
 
 class Killed(BaseException):
@@ -133,7 +135,7 @@ def test_weights_that_blow_up_are_never_the_good_checkpoint(tmp_path):
 
 
 def test_the_end_of_epoch_check_covers_the_test_loss_and_every_weight():
-    from irnet_lib.train import _check_finite
+    from irnet_lib.loop import _check_finite
     model = tiny_model()
     _check_finite(1.0, model)
     with pytest.raises(NonFiniteError, match="test loss is nan"):
@@ -183,7 +185,7 @@ CLI_CASES = [
                                                    r"start the run over .*--restart"),
     ("empty-checkpoint", [], _broken("empty"), r"last\.pt is not a readable checkpoint .*--restart"),
     ("bare-tensor-checkpoint", [], _broken("tensor"), r"last\.pt is not a checkpoint of this training loop .*--restart"),
-    ("workers-negative", ["--workers", "-1"], None, r"--workers must be >= 0"),
+    ("workers-negative", ["--workers", "-1"], None, r"--workers must be an int >= 0"),
     ("epochs-zero", ["--epochs", "0"], None, r"--epochs must be >= 1, got 0"),
     ("epochs-negative", ["--epochs", "-3"], None, r"--epochs must be >= 1, got -3"),
     ("warmup-too-long", ["--epochs", "3", "--warmup-epochs", "5"], None,
@@ -191,7 +193,7 @@ CLI_CASES = [
     ("max-epochs-zero", ["--max-epochs", "0"], None, r"max_epochs must be an int >= 1"),
     ("max-epochs-negative", ["--max-epochs", "-1"], None, r"max_epochs must be an int >= 1"),
     ("lr-not-finite", ["--lr-max", "inf"], None, r"--lr-max: train_lr_max must be a finite number > 0"),
-    ("subset-zero", ["--train-subset", "0"], None, r"--train-subset must be >= 1"),
+    ("subset-zero", ["--train-subset", "0"], None, r"--train-subset must be an int >= 1"),
     ("unknown-data", ["--data", "imagenet"], None, r"--data must be one of"),
 ] + ([] if torch.cuda.is_available() else [
     ("cuda-without-gpu", ["--device", "cuda"], None, r"PyTorch sees no CUDA GPU here.*leave the device unset"),
@@ -259,3 +261,30 @@ def test_an_unreadable_checkpoint_names_the_file_and_the_fix(tmp_path):
         fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True)
     run = fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True, resume=False, max_epochs=1)
     assert len(run.history) == 1
+
+
+def test_a_refused_resume_names_only_the_fields_that_differ_with_both_values(tmp_path):
+    fit(tiny_model(), *loaders(), RECIPE, out_dir=tmp_path, quiet=True, max_epochs=1)
+    other = dataclasses.replace(RECIPE, train_lr_max=RECIPE.train_lr_max * 2)
+    with pytest.raises(runs_mod.CheckpointMismatchError) as refused:
+        fit(tiny_model(), *loaders(), other, out_dir=tmp_path, quiet=True)
+    assert str(refused.value) == (
+        f"refusing to resume from {tmp_path / 'last.pt'}: it belongs to another run (recipe.train_lr_max: checkpoint "
+        f"has {RECIPE.train_lr_max!r}, this run has {other.train_lr_max!r}). Start a new run in another folder "
+        "(out_dir=..., --out), or start this one over (resume=False, --restart).")
+
+
+def test_a_refusal_to_resume_diffs_nested_configs_field_by_field(tmp_path):
+    folder = runs_mod.RunFolder(tmp_path)
+    stored = {"block": "se", "recipe": {"train_lr_max": 0.05, "momentum": 0.9, "extra": {"a": 1}}, "old": 1}
+    torch.save({"format": runs_mod.CHECKPOINT_FORMAT, "config": stored, "epoch": 1, "model": {}}, folder.last)
+    asked = {"block": "se", "recipe": {"train_lr_max": 0.02, "momentum": 0.9, "extra": {"a": 2}, "new": "x" * 100},
+             "new_part": {"k": 1, "j": 2}}
+    with pytest.raises(runs_mod.CheckpointMismatchError) as refused:
+        folder.resume(asked, "cpu")
+    message = str(refused.value)
+    assert "\n" not in message and "momentum" not in message and "block" not in message
+    assert ("(new_part: checkpoint has none, this run has 2 fields; old: checkpoint has 1, this run has none; "
+            "recipe.extra.a: checkpoint has 1, this run has 2; recipe.new: checkpoint has none, this run has "
+            f"'{'x' * 56}...; and 1 more)") in message
+    assert folder.resume(stored, "cpu")["epoch"] == 1   # the same config resumes

@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from irnet_lib.loop import EagerStep, evaluate, fit
 from irnet_lib.recipe import Recipe
 from irnet_lib.runs import CheckpointMismatchError, atomic_save, load_checkpoint, read_history
-from irnet_lib.train import Runtime, auto_precision, evaluate, fit, main
+from irnet_lib.runtime import Runtime, auto_precision
+from irnet_lib.train import main
 
 TIMING = ("epoch_seconds", "train_seconds", "train_images_per_s", "elapsed_seconds")
 
@@ -189,7 +191,6 @@ def test_forcing_bf16_on_a_gpu_without_it_warns_of_the_cost(monkeypatch):
 def test_fp16_steps_use_a_gradient_scaler_and_count_skipped_steps():
     """The fp16 step on the CPU (the scaler's logic does not need a GPU): scaled backward, an
     overflowing step skipped and counted, the scale lowered."""
-    from irnet_lib.train import EagerStep
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     step = EagerStep(model, opt, torch.nn.functional.cross_entropy, torch.device("cpu"), "fp32")
@@ -302,7 +303,7 @@ def test_the_fast_layer_trains_the_same_network(tmp_path):
         run = fit(model, train, test, Recipe(data_num_classes=10, data_batch_size=6).compressed(2), fast=on,
                   quiet=True)
         losses[on] = run.history.train_loss.tolist() + run.history.test_loss.tolist()
-        assert run.meta["fast"] is False if not on else run.meta["fast"]["enabled"]
+        assert run.meta["speedups"]["condconv"] == ("fast" if on else "core")
     assert losses[True] == pytest.approx(losses[False], rel=1e-6)   # test losses are summed in fp32
 
 
@@ -310,8 +311,17 @@ def test_the_fast_layer_trains_the_same_network(tmp_path):
 def test_without_the_fast_layer_a_run_leaves_the_process_alone(tmp_path):
     """train() with fast off: no mallopt call, no compiled library of the project mapped into the process.
     In a fresh process, so that nothing another test did counts."""
+    import inspect
+
+    from irnet_lib.fast import depthwise
+    # The project's compiled library is known by its file name: cpp_extension.load(name=NAME) builds
+    # NAME.so. A substring such as "irnet" would also match every library of an environment that
+    # lives in a folder named irnet-something.
+    names = ["irnet_per_example_depthwise", "irnet_per_example_depthwise_serial"]
+    assert 'name="irnet_per_example_depthwise" + ("" if openmp else "_serial")' in inspect.getsource(depthwise._load), \
+        "the fast layer names its library otherwise now: update the names here"
     code = textwrap.dedent("""
-        import sys
+        import os, sys
         import irnet_lib.fast.allocator as allocator
         from irnet_lib import train
         calls = []
@@ -319,9 +329,54 @@ def test_without_the_fast_layer_a_run_leaves_the_process_alone(tmp_path):
         run = train.main(["--block", "condconv", "--data", "fashion-mnist-sample", "--train-subset", "20",
                           "--test-subset", "10", "--epochs", "1", "--batch-size", "10", "--out", sys.argv[1],
                           "--quiet", "--no-fast", "--channels-last"])
-        mapped = [line for line in open("/proc/self/maps") if "irnet" in line and ".so" in line]
-        print(len(run.history), calls, mapped)
+        own = {name + ".so" for name in sys.argv[2:]}
+        # A maps line is "address perms offset device inode path", and the path may hold spaces.
+        paths = {fields[5].rstrip("\\n") for fields in (line.split(maxsplit=5) for line in open("/proc/self/maps"))
+                 if len(fields) == 6}
+        print(len(run.history), calls, sorted(p for p in paths if os.path.basename(p) in own))
     """)
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), *names], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "1 [] []"
+
+
+def test_fast_false_runs_nothing_of_the_fast_layer_even_after_enable(tmp_path):
+    """After irnet_lib.fast.enable(), a run with fast=False calls no function of irnet_lib/fast/ (and
+    records the core's CondConv); fast=True does. In a fresh process: enable() is process-wide."""
+    code = textwrap.dedent("""
+        import os, sys
+        import irnet_lib.fast
+        from irnet_lib.train import train
+        fast_dir = os.path.dirname(irnet_lib.fast.__file__) + os.sep
+        irnet_lib.fast.enable()
+        for on in (False, True):
+            called = set()
+            def profile(frame, event, arg):
+                if event == "call" and frame.f_code.co_filename.startswith(fast_dir):
+                    called.add(frame.f_code.co_name)
+            sys.setprofile(profile)
+            run = train("condconv", "fashion-mnist-sample", train_subset=20, test_subset=10, fast=on, quiet=True,
+                        recipe=__import__("irnet_lib.recipe").recipe.Recipe(data_batch_size=10).compressed(1),
+                        model_kwargs={"width_mult": 0.25})
+            sys.setprofile(None)
+            print(on, len(called), run.meta["speedups"]["condconv"], irnet_lib.fast.is_enabled())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    plain, fast = (line.split() for line in out[:2])
+    assert plain == ["False", "0", "core", "True"]          # nothing called; enable() still holds after the run
+    assert fast[0] == "True" and int(fast[1]) > 0 and fast[2:] == ["fast", "True"]
+
+
+def test_enabled_false_turns_the_fast_layer_off_inside_its_block():
+    import irnet_lib.fast as fast
+    from irnet_lib import condconv
+    before = condconv.formulation()
+    try:
+        with fast.enabled():
+            assert fast.is_enabled()
+            with fast.enabled(False):
+                assert not fast.is_enabled() and condconv.formulation() is condconv.condconv2d
+            assert fast.is_enabled()
+    finally:
+        condconv.use_formulation(None if before is condconv.condconv2d else before)
+    assert condconv.formulation() is before

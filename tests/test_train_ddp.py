@@ -7,8 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_train import RECIPE, StandInLoader, tiny_model
 
+from irnet_lib.loop import fit
 from irnet_lib.runs import load_checkpoint
-from irnet_lib.train import fit
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

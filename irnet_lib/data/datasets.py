@@ -144,7 +144,7 @@ def read_sample(path) -> dict:
         raise ValueError(f"cannot read {path}: {e}; regenerate it with `python data/make_sample.py`") from e
 
 
-def _load_sample(root: Path, download: bool = False) -> ImageData:
+def _load_sample(root: Path, download: bool = False) -> ImageData:  # noqa: ARG001 - committed: nothing to download
     path = _sample_path(root)
     a = read_sample(path)
     classes = [str(c) for c in a["classes"]]

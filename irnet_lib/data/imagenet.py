@@ -39,7 +39,7 @@ def _has_class_dirs(d: Path) -> bool:
     return d.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())
 
 
-def _imagenet_help(base: Path, root: Path) -> str:
+def _imagenet_help(base: Path) -> str:
     train = ", ".join(_download.IMAGENET64_FILES["train"])
     return (f"Put the course's six archives ({train} and Val1.zip, each from "
             f"{_download.IMAGENET64_URL.format('<name>')}) in {base}/, or unpack them yourself: the Train zips "
@@ -111,11 +111,11 @@ def prepare_imagenet64(root, download: bool = False, progress: bool = True) -> P
                     found = _download.download_file(_download.IMAGENET64_URL.format(name), base / name,
                                                     progress=progress)
                 except OSError as e:  # URLError, timeouts: offline
-                    raise RuntimeError(f"downloading {name} failed ({e}). " + _imagenet_help(base, root)) from e
+                    raise RuntimeError(f"downloading {name} failed ({e}). " + _imagenet_help(base)) from e
             (zips if found else missing).append(found or name)
         if missing:
             raise FileNotFoundError(f"imagenet64-100: {split} images missing, and so are {', '.join(missing)}. "
-                                    + _imagenet_help(base, root))
+                                    + _imagenet_help(base))
         for z in zips:
             _download.check_zip(z)
         work = base / f".{split}-unpacking"
@@ -148,7 +148,7 @@ def load_imagenet64_100(root, download: bool = False, cache: bool = True, progre
 # ----------------------------------------------------------------------------------------------
 # imagenet64-npz: Downsampled ImageNet 64x64
 # ----------------------------------------------------------------------------------------------
-CLASS_RULES = {"every10": lambda n: list(range(1, n + 1, 10)), "first100": lambda n: list(range(1, 101))}
+CLASS_RULES = {"every10": lambda n: list(range(1, n + 1, 10)), "first100": lambda _n: list(range(1, 101))}
 PIXELS = 64 * 64 * 3
 
 

@@ -53,7 +53,7 @@ class TensorImages(Dataset):
         x = self._resize(self.images[i])
         return x.expand(3, -1, -1).contiguous(), int(self.targets[i])
 
-    def uint8_images(self, indices=None, progress: bool = False) -> torch.Tensor:
+    def uint8_images(self, indices=None, progress: bool = False) -> torch.Tensor:  # noqa: ARG002 - in memory, no bar
         """All (or the indexed) images at size x size, uint8 ``(n, C, size, size)``, in batches."""
         idx = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
         out = torch.empty(len(idx), self.images.shape[1], self.size, self.size, dtype=torch.uint8)

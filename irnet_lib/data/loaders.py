@@ -173,10 +173,9 @@ class TorchvisionLoader(_Loader):
         self.transformed.epoch = self.epoch  # workers start at iter() and copy the dataset with this epoch
         loader = DataLoader(self.transformed, batch_size=self.batch_size, sampler=self.indices().tolist(),
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda", drop_last=False)
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, dtype=torch.int64, non_blocking=True)
-            yield self._finish(x, y)
+        for images, labels in loader:
+            yield self._finish(images.to(self.device, non_blocking=True),
+                               labels.to(self.device, dtype=torch.int64, non_blocking=True))
 
 
 def make_loader(data: ImageData, split: str, batch_size: int = 256, *, device="cpu", pipeline: str = "auto",

@@ -13,13 +13,14 @@ per-example definition, with the fast layer on and off):
   page-faulted in again at every step;
 - :mod:`.graphs`: a training step's forward and backward replayed as one CUDA graph.
 
-Off (the default for the library and the notebooks) it has no side effects: nothing is compiled,
-no process-wide setting changes. On::
+Off (the default everywhere: the library, the notebooks, the command lines) it has no side effects:
+nothing is imported, compiled or changed process-wide. It plugs in through the core's one plug point,
+``irnet_lib.condconv.use_formulation``, and gives a training run its step (:func:`speedups`). On::
 
     import irnet_lib.fast
     irnet_lib.fast.enable()                   # for the rest of the process
     with irnet_lib.fast.enabled(): ...        # or for a block of code
-    irnet_lib.train.train(..., fast=True)     # the same, for one run (the command lines' default)
+    irnet_lib.train.train(..., fast=True)     # for one run (python -m irnet_lib.train --fast)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 
 from .. import condconv as _core_condconv
 
-__all__ = ["enable", "disable", "enabled", "is_enabled", "status"]
+__all__ = ["enable", "disable", "enabled", "is_enabled", "status", "speedups"]
 
 
 def enable(*, keep_freed_memory: bool = True) -> None:
@@ -69,6 +70,30 @@ def status() -> dict:
     the CPU depthwise kernel reports "not built yet" until CondConv first needs it."""
     from . import allocator, depthwise
     from .condconv import _onednn_fp32_is_exact
-    return {"enabled": is_enabled(), "allocator": allocator.state(),
+    return {"enabled": is_enabled(), "allocator": allocator.setting,
             "cpu_depthwise": depthwise._status,
             "cpu_matmul": "oneDNN" if is_enabled() and _onednn_fp32_is_exact() else "default"}
+
+
+def speedups(runtime, device, precision: str, processes: int):
+    """The fast layer's three speed-ups for a training run with ``runtime`` on ``device``, each
+    decided on its own (the loop records in the run's metadata what ran):
+
+    - CondConv's fast formulations, with ``runtime.fast``, on any device (plugged in for the run);
+    - glibc keeping freed memory, with ``runtime.fast`` on a CPU: set here, process-wide;
+    - the training step replayed as a CUDA graph: as ``runtime.cuda_graph`` says, by default with
+      ``runtime.fast`` wherever graphs work (one CUDA GPU, bf16 or fp32, no torch.compile).
+    """
+    from ..runtime import Speedups
+    from . import allocator, condconv, graphs
+    if runtime.fast and device.type == "cpu":
+        allocator.reuse_freed_memory()
+    return Speedups(condconv=condconv.condconv2d if runtime.fast else None,
+                    graph_step=graphs.step_builder(runtime, device, precision, processes),
+                    details=_run_details if runtime.fast else None)
+
+
+def _run_details() -> dict:
+    from . import depthwise
+    from .condconv import _onednn_fp32_is_exact
+    return {"cpu_depthwise": depthwise._status, "cpu_matmul": "oneDNN" if _onednn_fp32_is_exact() else "default"}

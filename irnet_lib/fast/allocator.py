@@ -23,13 +23,14 @@ import ctypes
 import ctypes.util
 import platform
 
-__all__ = ["reuse_freed_memory", "state"]
+__all__ = ["reuse_freed_memory", "setting"]
 
 # glibc's mallopt parameters (malloc.h) and its documented defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _KEEP = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_MMAP_MAX: 0}
-_state = "default"
+#: "reuse" after reuse_freed_memory() took effect, else "default" (what benchmarks and runs record).
+setting = "default"
 
 
 def _libc():
@@ -49,17 +50,12 @@ def reuse_freed_memory(on: bool = True) -> bool:
     (which grows up to 32 MB as large blocks are freed): any mallopt call switches that off for
     good. A truly plain process is one that never called this.
     """
-    global _state
+    global setting  # noqa: PLW0603 - glibc's setting is process-wide; this module mirrors it in one name
     libc = _libc()
     if libc is None:
         return False
     settings = _KEEP if on else _DEFAULTS
     ok = all(libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1 for k, v in settings.items())
     if ok:
-        _state = "reuse" if on else "default"
+        setting = "reuse" if on else "default"
     return ok
-
-
-def state() -> str:
-    """'reuse' after ``reuse_freed_memory()``, else 'default' (what benchmarks record)."""
-    return _state

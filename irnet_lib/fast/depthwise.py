@@ -42,7 +42,7 @@ def _load(openmp: bool):
 
 @functools.cache
 def _build() -> bool:
-    global _status
+    global _status  # noqa: PLW0603 - the build's outcome, set once (functools.cache) and reported by status()
     if os.environ.get("IRNET_NATIVE", "1") == "0":
         _status = "off (IRNET_NATIVE=0): folded grouped convolution"
         return False
@@ -102,7 +102,7 @@ def per_example_depthwise(x, weight, routing_weights, stride):
     return torch.ops.irnet.per_example_depthwise(x, k, stride)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):  # noqa: ARG001 - torch.library passes it by this name
     x, k, stride = inputs
     ctx.save_for_backward(x, k)
     ctx.stride = stride
@@ -127,7 +127,7 @@ def _register():
         return x.new_empty((B, C, Ho, Wo)).contiguous(memory_format=torch.channels_last)
 
     @torch.library.register_fake("irnet::per_example_depthwise_backward")
-    def _(x, k, grad_y, stride, need_x, need_k):
+    def _(x, k, _grad_y, _stride, need_x, need_k):
         gx = torch.empty_like(x, memory_format=torch.channels_last) if need_x else x.new_empty(0)
         return gx, (torch.empty_like(k) if need_k else k.new_empty(0))
 

@@ -21,11 +21,14 @@ gradient tensors.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
 
-__all__ = ["GraphedStep", "GraphedTrainingStep", "graphs_available"]
+from ..runtime import autocast_dtype
+
+__all__ = ["GraphedStep", "GraphedTrainingStep", "graphs_available", "step_builder"]
 
 
 def graphs_available(device) -> bool:
@@ -118,13 +121,13 @@ class GraphedTrainingStep:
     """The training loop's step on one GPU with the fast layer: forward and backward replayed as a
     CUDA graph captured from the first batch (:class:`GraphedStep`), then the optimizer step, eagerly.
 
-    ``eager`` is the loop's own step (``irnet_lib.train.EagerStep``): where capture fails and
+    ``eager`` is the loop's own step (``irnet_lib.loop.EagerStep``): where capture fails and
     graphs were not insisted on (``strict``), a warning says why and every step runs eagerly.
     """
 
     def __init__(self, model, optimizer, loss_fn, precision: str, eager, strict: bool = False):
         self.model, self.optimizer, self.loss_fn, self.eager, self.strict = model, optimizer, loss_fn, eager, strict
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.autocast_dtype = autocast_dtype(precision)
         self.graph, self.failed = None, False
 
     @property
@@ -147,3 +150,25 @@ class GraphedTrainingStep:
         logits, loss = self.graph(x, y)
         self.optimizer.step()
         return logits, loss
+
+
+def step_builder(runtime, device: torch.device, precision: str, processes: int):
+    """How a run with ``runtime`` builds its step: a builder of :class:`GraphedTrainingStep`
+    ``(eager, model, optimizer, loss_fn) -> step``, or None for eager steps. ``runtime.cuda_graph``
+    decides where it is set; by default the fast layer uses graphs wherever they work."""
+    why_not = ("a CUDA device" if device.type != "cuda" else "one process" if processes > 1 else
+               "no torch.compile (it brings its own graphs)" if runtime.compile else
+               "bf16 or fp32 (fp16's gradient scaler reads its overflow flag on the host)" if precision == "fp16"
+               else None)
+    if runtime.cuda_graph is True and why_not:
+        raise ValueError(f"cuda_graph=True needs {why_not}; leave it unset (automatic) or pass cuda_graph=False")
+    if runtime.cuda_graph is False or why_not or not (runtime.fast or runtime.cuda_graph):
+        if runtime.fast and precision == "fp16" and device.type == "cuda" and runtime.cuda_graph is None:
+            warnings.warn("fp16: training eagerly, without CUDA graphs (the gradient scaler reads its overflow "
+                          "flag on the host every step)", stacklevel=4)
+        return None
+    return partial(_graphed, precision=precision, strict=runtime.cuda_graph is True)
+
+
+def _graphed(eager, model, optimizer, loss_fn, *, precision, strict):
+    return GraphedTrainingStep(model, optimizer, loss_fn, precision, eager, strict=strict)

@@ -12,9 +12,9 @@ The per-example kernels come in tap-major, (B, F, F, C), as the CPU operator tak
 This is a candidate, not part of the library: it joins ``irnet_lib.fast`` only if a GPU measures
 it faster than the fold. Two uses:
 
-    python benchmarks/triton_depthwise.py --check                        # against the fold, fp32 and bf16
-    TRITON_INTERPRET=1 python benchmarks/triton_depthwise.py --check --device cpu   # the same, no GPU
-    python benchmarks/triton_depthwise.py --bench --out runs/triton-depthwise       # per layer + a training step
+    python triton_depthwise.py --check                                   # against the fold, fp32 and bf16
+    TRITON_INTERPRET=1 python triton_depthwise.py --check --device cpu   # the same, without a GPU
+    python triton_depthwise.py --bench --out runs/triton-depthwise       # per layer + a training step
 
 ``--bench`` times, interleaved, IR-NET's 16 conditional depthwise layers (forward and backward, bf16,
 batch 256) with the fold and with the kernels, then a whole training step of the CondConv network in
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # IR-NET's conditional depthwise layers at 56 px: (channels, input size, stride), from Table 1.
 LAYERS = [(64, 56, 1)] * 2 + [(96, 56, 1), (96, 56, 2)] + [(160, 28, 1)] * 2 + [(160, 28, 2)] + \
@@ -261,12 +261,12 @@ def bench(out: Path, batch: int, reps: int, rounds: int) -> dict:
     step_ms = {k: [] for k in impls}
     for _ in range(rounds):
         for name, impl in impls.items():
-            core.fast_implementation = impl
+            core.use_formulation(impl)
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
             step_ms[name].append(_cuda_ms(step, reps))
-    core.fast_implementation = None
+    core.use_formulation(None)
     result["step"] = {k: {"ms": statistics.median(v), "images_per_s": batch / statistics.median(v) * 1000}
                       for k, v in step_ms.items()}
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ in training than in a 56 px centre crop of the test image (Touvron et al. 2019, 
 train-test resolution discrepancy"). IR-NET ends in a global average pool, so it runs on 64 px
 inputs unchanged; evaluating on the whole image is one option, ``test_crop=64``.
 
-    python benchmarks/eval_resolution.py                   # Fashion-MNIST 3,000 / 1,000, 5 epochs, CPU
+    python experiments/eval-resolution/eval_resolution.py                   # Fashion-MNIST 3,000 / 1,000, 5 epochs, CPU
 
 Trains each block with the CPU recipe of results/fashion-mnist-cpu-3000 (resuming what is in the
 output folder), then evaluates the final weights at both test crops on the same test images.
@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from irnet_lib.data import load_dataset, make_loader
+from irnet_lib.loop import evaluate
 from irnet_lib.recipe import Recipe
-from irnet_lib.train import evaluate, train
+from irnet_lib.train import train
 
 
 def main(argv=None):
@@ -30,7 +31,7 @@ def main(argv=None):
     p.add_argument("--test-subset", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", default="results/eval-resolution")
+    p.add_argument("--out", default="experiments/eval-resolution")
     args = p.parse_args(argv)
     out = Path(args.out)
     data = load_dataset("fashion-mnist", train_subset=args.train_subset, test_subset=args.test_subset, seed=0)

@@ -6,19 +6,20 @@ epoch, batch 32, peak lr 0.025; the figures' "quick recipe") stepped per epoch r
 small, instrumented loop built from the library's public pieces (``irnet``, ``load_dataset`` /
 ``make_loader``, ``Recipe`` / ``make_optimizer`` / ``make_scheduler``), so that the batches, the
 initial weights and the update rule are those of ``python -m irnet_lib.train`` for the same seed.
-The "library" CondConv formulation is the one that command runs by default (``--fast``) and that
-produced ``results/condconv-collapse``: ``irnet_lib.fast.condconv.condconv2d`` (see ``set_impl``).
+The "library" CondConv formulation is the one that command runs with ``--fast`` and that produced
+the stored results beside this script (``experiments/condconv-collapse/``):
+``irnet_lib.fast.condconv.condconv2d`` (see ``set_impl``).
 
-Sub-commands (each skips what its output folder already holds; ``--force`` redoes it):
+Sub-commands, run from this folder (each skips what its output folder already holds; ``--force`` redoes it):
 
-    python benchmarks/condconv_collapse.py trace      # per-step instrumentation, CondConv and SE, seed 0
-    python benchmarks/condconv_collapse.py agree      # fp64 agreement: library vs reference vs timm-style
-    python benchmarks/condconv_collapse.py jump       # the first step at the peak lr, taken apart
-    python benchmarks/condconv_collapse.py impl       # the same training with the other formulations
-    python benchmarks/condconv_collapse.py sweep      # candidate fixes x seeds (+ the SE baseline)
-    python benchmarks/condconv_collapse.py report     # tables (CSV / JSON) and figures
-    python benchmarks/condconv_collapse.py all        # trace, sweep, agree, jump, impl, report
-    python benchmarks/condconv_collapse.py run --block condconv --variant clip1 --seed 1   # one run
+    python condconv_collapse.py trace      # per-step instrumentation, CondConv and SE, seed 0
+    python condconv_collapse.py agree      # fp64 agreement: library vs reference vs timm-style
+    python condconv_collapse.py jump       # the first step at the peak lr, taken apart
+    python condconv_collapse.py impl       # the same training with the other formulations
+    python condconv_collapse.py sweep      # candidate fixes x seeds (+ the SE baseline)
+    python condconv_collapse.py report     # tables (CSV / JSON) and figures
+    python condconv_collapse.py all        # trace, sweep, agree, jump, impl, report
+    python condconv_collapse.py run --block condconv --variant clip1 --seed 1   # one run
 
 Everything goes under ``--out`` (default ``runs/condconv-collapse``): ``runs/*.json`` (one per
 training run: per-epoch history and per-step training loss), ``trace/*.json|csv`` (per-step
@@ -131,8 +132,8 @@ def apply_lr_mult(opt):
 # --------------------------------------------------------------------- other formulations
 
 # "library": the formulation the stored results were produced with (the library's default CPU path
-# then, ``condconv2d(method="auto")``; now the fast layer's, which ``python -m irnet_lib.train`` runs by
-# default). It reproduces the stored agreement.json numbers exactly. The core's ``cc.condconv2d`` (mix,
+# then, ``condconv2d(method="auto")``; now the fast layer's, which ``python -m irnet_lib.train --fast``
+# runs). It reproduces the stored agreement.json numbers exactly. The core's ``cc.condconv2d`` (mix,
 # fold, one grouped conv) is the same computation as ``condconv2d_timm`` below (identical ``agree`` numbers).
 _LIBRARY_CONDCONV2D = fast_condconv2d
 
@@ -153,14 +154,10 @@ def condconv2d_timm(x, weight, routing_weights, stride=1, padding=0, groups=1):
 
 
 def set_impl(impl: str):
-    """Swap the function CondConv2d.forward calls (looked up in irnet_lib.condconv at call time).
-    CondConv2d.forward prefers ``cc.fast_implementation`` when ``irnet_lib.fast`` is enabled, which
-    would bypass the swap: the fast layer stays off here ("library" calls its function directly)."""
-    if cc.fast_implementation is not None:
-        raise RuntimeError("irnet_lib.fast is enabled: CondConv2d would ignore the formulation set here; "
-                           "run this script with the fast layer off")
-    cc.condconv2d = {"library": _LIBRARY_CONDCONV2D, "reference": condconv2d_reference,
-                     "timm": condconv2d_timm}[impl]
+    """Plug the formulation ``impl`` into every CondConv2d, through the core's plug point
+    (``irnet_lib.condconv.use_formulation``): "library", "reference" or "timm"."""
+    cc.use_formulation({"library": _LIBRARY_CONDCONV2D, "reference": condconv2d_reference,
+                        "timm": condconv2d_timm}[impl])
 
 
 # ------------------------------------------------------------------------------ the tracer
@@ -375,7 +372,7 @@ def train_one(out: Path, block: str, variant: str, seed: int, impl: str = "libra
                 print(f"[skip] {name}: done ({path})")
             return rec
     from irnet_lib.fast.allocator import reuse_freed_memory
-    # speed only, as irnet_lib.train.fit(fast=True) does on a CPU (the formulation is set by set_impl)
+    # speed only, as irnet_lib.loop.fit(fast=True) does on a CPU (the formulation is set by set_impl)
     reuse_freed_memory()
     set_impl(impl)
     data, train_loader, test_loader = data_and_loaders(seed)
