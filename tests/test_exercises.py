@@ -50,3 +50,157 @@ def test_the_stored_runs_the_gpu_exercises_read():
     assert EXERCISES["07.2"].expected() == pytest.approx(10.1 / 21.0, abs=0.005)
     assert EXERCISES["07.3"].expected() == pytest.approx(20.78 * 0.1151, rel=0.002)
     assert EXERCISES["08.2"].expected() == pytest.approx(1e3 * (48.01 - 28.22) / 1353, rel=0.002)
+
+
+# ------------------------------------------------------------------ notebooks 00, 01, 02, 03: numeric answers
+
+SOLUTIONS_00_01_02_03 = {
+    "00.1": 5, "00.2": 2.25, "00.3": 0.765625,
+    "01.1": 8_228_864, "01.2": 81_280, "01.4": 11,
+    "02.1": 205_600, "02.2": 320_128, "02.3": 1_280_512 + 4 * 1_420_608,
+    "03.1": 410_244, "03.2": 8 * 1_464_480, "03.3": 84_736,
+}
+
+
+@pytest.mark.parametrize("name, solution", SOLUTIONS_00_01_02_03.items())
+def test_lessons_00_to_03_solutions_are_correct_and_wrong_answers_get_the_hint(name, solution, capsys):
+    assert check(name, solution)
+    assert capsys.readouterr().out == f"Exercise {name}: correct.\n"
+    assert not check(name, solution * 1.25)
+    out = capsys.readouterr().out
+    assert "not yet" in out and EXERCISES[name].hint in out
+    assert str(EXERCISES[name].expected()) not in out.replace(str(solution * 1.25), "")
+    assert not check(name, None)
+    assert "not answered yet" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ notebooks 01, 02, 03: code the student writes
+
+def _block_a():
+    from torch import nn
+
+    class MyBlock(nn.Module):
+        def __init__(self, in_channels, out_channels, expansion=4, kernel_size=3, stride=1):
+            super().__init__()
+            mid = expansion * in_channels
+            self.has_skip = in_channels == out_channels and stride == 1
+            self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
+            self.bn1, self.act1 = nn.BatchNorm2d(mid), nn.ReLU(inplace=True)
+            self.conv_dw = nn.Conv2d(mid, mid, kernel_size, stride, kernel_size // 2, groups=mid, bias=False)
+            self.bn2, self.act2 = nn.BatchNorm2d(mid), nn.ReLU(inplace=True)
+            self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out_channels)
+            self.relu_at_the_end = False
+
+        def forward(self, x):
+            y = self.act1(self.bn1(self.conv_pw(x)))
+            y = self.act2(self.bn2(self.conv_dw(y)))
+            y = self.bn3(self.conv_pwl(y))
+            y = y.relu() if self.relu_at_the_end else y
+            return x + y if self.has_skip else y
+
+    return MyBlock
+
+
+def test_block_a_checker():
+    MyBlock = _block_a()
+    ok, message = EXERCISES["01.3"].verdict(MyBlock)
+    assert ok, message
+
+    class WithReLU(MyBlock):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.relu_at_the_end = True
+
+    ok, message = EXERCISES["01.3"].verdict(WithReLU)
+    assert not ok and "computes something else" in message
+
+    class Unwritten(MyBlock):
+        def forward(self, x):
+            raise NotImplementedError("MyBlock.forward is not written yet")
+
+    ok, message = EXERCISES["01.3"].verdict(Unwritten)
+    assert not ok and "not written yet" in message
+
+
+def _squeeze_excite(gate="sigmoid", bias=True, pool=(2, 3), scale=True):
+    import torch
+    from torch import nn
+
+    class MySqueezeExcite(nn.Module):
+        def __init__(self, channels, reduction=4):
+            super().__init__()
+            self.fc1 = nn.Linear(channels, channels // reduction, bias=bias)
+            self.act = nn.ReLU(inplace=True)
+            self.fc2 = nn.Linear(channels // reduction, channels)
+            self.gate = nn.Sigmoid()
+
+        def forward(self, x):
+            e = self.fc2(self.act(self.fc1(x.mean(pool))))
+            s = {"sigmoid": self.gate, "softmax": lambda t: torch.softmax(t, 1), "none": lambda t: t}[gate](e)
+            return x * s[:, :, None, None] if scale else s
+
+    return MySqueezeExcite
+
+
+@pytest.mark.parametrize("slip, words", [
+    (dict(), "Figure 3's squeeze-and-excite"),
+    (dict(gate="softmax"), "softmax over the channels instead of a sigmoid"),
+    (dict(gate="none"), "the sigmoid is missing"),
+    (dict(bias=False), "the weights do not load"),
+    (dict(pool=1), "pools over H and W"),
+    (dict(scale=False), "returns shape (3, 64); expected (3, 64, 7, 5)"),
+])
+def test_squeeze_excite_checker_names_the_slip(slip, words):
+    ok, message = EXERCISES["02.4"].verdict(_squeeze_excite(**slip))
+    assert ok == (not slip) and words in message, message
+
+
+def test_squeeze_excite_checker_unwritten():
+    from torch import nn
+
+    class MySqueezeExcite(nn.Module):
+        def __init__(self, channels, reduction=4):
+            super().__init__()
+            raise NotImplementedError("MySqueezeExcite.__init__ is not written yet")
+
+    ok, message = EXERCISES["02.4"].verdict(MySqueezeExcite)
+    assert not ok and message.startswith("not written yet")
+
+
+def _condconv(groups_times_batch=True, fold="reshape", loop=False, unfold=True):
+    import torch.nn.functional as F
+
+    from irnet_lib.condconv import condconv2d_reference
+
+    def my_condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1):
+        if loop:
+            return condconv2d_reference(x, weight, routing_weights, stride, padding, groups)
+        B, C, H, W = x.shape
+        M, c_out = weight.shape[:2]
+        kernels = (routing_weights @ weight.reshape(M, -1)).reshape(B * c_out, *weight.shape[2:])
+        folded = x.reshape(1, B * C, H, W) if fold == "reshape" else x.transpose(0, 1).reshape(1, B * C, H, W)
+        y = F.conv2d(folded, kernels, stride=stride, padding=padding, groups=B * groups if groups_times_batch else groups)
+        return y.reshape(B, c_out, *y.shape[-2:]) if unfold else y
+
+    return my_condconv2d
+
+
+@pytest.mark.parametrize("slip, words", [
+    (dict(), "one grouped convolution gives the per-example definition's outputs"),
+    (dict(groups_times_batch=False), "groups = B * groups"),
+    (dict(fold="transpose"), "right for one example, wrong for a batch"),
+    (dict(loop=True), "3 calls of conv2d"),
+    (dict(unfold=False), "returns shape (1, 24, 9, 9); expected (3, 8, 9, 9)"),
+])
+def test_condconv_checker_names_the_slip(slip, words):
+    ok, message = EXERCISES["03.4"].verdict(_condconv(**slip))
+    assert ok == (not slip) and words in message, message
+
+
+def test_condconv_checker_unwritten():
+    def my_condconv2d(x, weight, routing_weights, stride=1, padding=0, groups=1):
+        raise NotImplementedError("my_condconv2d is not written yet")
+
+    ok, message = EXERCISES["03.4"].verdict(my_condconv2d)
+    assert not ok and message.startswith("not written yet")

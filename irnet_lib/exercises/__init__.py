@@ -13,14 +13,17 @@ Each notebook's exercises live in ``lessonNN.py``; :mod:`.core` says how they ar
 """
 from __future__ import annotations
 
-from . import lesson01, lesson04, lesson05, lesson07, lesson08
+from . import lesson00, lesson01, lesson02, lesson03, lesson04, lesson05, lesson07, lesson08
 from .core import CodeExercise, Exercise
 
 __all__ = ["check", "EXERCISES", "Exercise", "CodeExercise"]
 
 #: Every exercise of the series by its name, "NN.k": notebook NN, exercise k.
 EXERCISES: dict[str, Exercise | CodeExercise] = {
+    **lesson00.EXERCISES,
     **lesson01.EXERCISES,
+    **lesson02.EXERCISES,
+    **lesson03.EXERCISES,
     **lesson04.EXERCISES,
     **lesson05.EXERCISES,
     **lesson07.EXERCISES,
