@@ -20,9 +20,9 @@ def _recount(row, **miscounting) -> int:
     return int(recount(count(_irnet(), **PAPER), **miscounting).loc[row, "macs"])
 
 
-def _se_scale_macs(label: str) -> int:
+def _se_scale_macs(label: str, resolution: int) -> int:
     from ..complexity import table4
-    return int(table4(_irnet("se")).loc[label, "se_scale_macs"])
+    return int(table4(_irnet("se"), (3, resolution, resolution)).loc[label, "se_scale_macs"])
 
 
 EXERCISES = {
@@ -37,7 +37,8 @@ EXERCISES = {
                      hint="two things grow with M: each block conv holds M kernels (the `weights` column is one "
                           "kernel of each), and each routing Linear(C_in, M) has M (C_in + 1) parameters; BN, SE, "
                           "the stem, the head and the classifier do not change."),
-    "05.4": Exercise(lambda: _se_scale_macs("Block 16->16"),
+    "05.4": Exercise(lambda: _se_scale_macs("Block 16->16", 112),
                      hint="the scaling multiplies every activation of the SE's input once: count the elements of "
-                          "that tensor (Ne channels, at the resolution after the depthwise conv)."),
+                          "that tensor, Ne channels at the first block's resolution (the stem and the block keep "
+                          "the input's 112 x 112)."),
 }
