@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import check_choice, check_int, check_number
 from .data.transforms import check_test_crop
 
 __all__ = ["Recipe", "TABLE_2", "TABLE_3", "PaperResult", "lr_at", "make_optimizer", "make_scheduler",
@@ -57,30 +58,22 @@ class Recipe:
     def __post_init__(self):
         for name in ("train_lr_init_epochs", "train_lr_final_epochs", "train_num_epochs",
                      "data_batch_size", "data_num_classes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "train_lr_init_epochs" else 1):
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, getattr(self, name), minimum=0 if name == "train_lr_init_epochs" else 1)
         if self.train_lr_init_epochs + self.train_lr_final_epochs != self.train_num_epochs:
             raise ValueError(
                 f"train_lr_init_epochs + train_lr_final_epochs must equal train_num_epochs "
                 f"({self.train_lr_init_epochs} + {self.train_lr_final_epochs} != {self.train_num_epochs}); "
                 f"use Recipe.compressed(epochs, warmup_epochs) to shorten the schedule")
-        if not (isinstance(self.train_lr_max, (int, float)) and math.isfinite(self.train_lr_max)
-                and self.train_lr_max > 0):
-            raise ValueError(f"train_lr_max must be a finite number > 0, got {self.train_lr_max!r}")
+        check_number("train_lr_max", self.train_lr_max)
         for name in ("train_lr_init_scale", "train_lr_final_scale"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
-        if self.lr_step not in ("epoch", "iteration"):
-            raise ValueError(f"lr_step must be 'epoch' or 'iteration', got {self.lr_step!r}")
+            check_number(name, getattr(self, name), 0, 1)
+        check_choice("lr_step", self.lr_step, ("epoch", "iteration"))
         if self.optimizer != "sgd":
             raise ValueError(f"only optimizer='sgd' (the course's) is implemented, got {self.optimizer!r}")
         check_test_crop(self.test_crop)
-        ema = self.ema_decay
-        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0: off; 0.999 is typical), got {self.ema_decay!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check_number("ema_decay", self.ema_decay, 0, 1, low_open=False, high_open=True,
+                     why=" (0: off; 0.999 is typical)")
+        check_number("label_smoothing", self.label_smoothing, 0, 1, low_open=False, high_open=True)
 
     @property
     def lr_init(self) -> float:
@@ -100,12 +93,10 @@ class Recipe:
         """The same shape of schedule (warm-up then half cosine) squeezed into ``epochs`` epochs,
         for budgets that cannot afford 55 (a CPU, a quick check). ``warmup_epochs`` defaults to
         :func:`default_warmup`; at least one cosine epoch must remain, and it starts at the peak."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        check_int("epochs", epochs)
         warmup_epochs = default_warmup(epochs) if warmup_epochs is None else warmup_epochs
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or not 0 <= warmup_epochs < epochs:
-            raise ValueError(f"warmup_epochs must be an int from 0 to epochs - 1 = {epochs - 1} (the schedule needs "
-                             f"a cosine epoch to reach its peak), got {warmup_epochs!r}")
+        check_int("warmup_epochs", warmup_epochs, 0, epochs - 1, why=" (the schedule needs a cosine epoch to reach "
+                  "its peak)")
         return replace(self, train_num_epochs=epochs, train_lr_init_epochs=warmup_epochs,
                        train_lr_final_epochs=epochs - warmup_epochs, **changes)
 

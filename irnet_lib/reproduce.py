@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .blocks import BLOCKS
 from .loop import NonFiniteError
 from .recipe import TABLE_3, Recipe, add_recipe_arguments, recipe_from_args
 from .runs import Run, RunFolder, read_history
@@ -31,11 +32,10 @@ from .train import (
     train,
 )
 
-__all__ = ["BLOCKS", "QUICK", "quick_recipe", "data_label", "runs_label", "run_label", "figure5_reference", "report",
+__all__ = ["QUICK", "quick_recipe", "data_label", "runs_label", "run_label", "figure5_reference", "report",
            "table3", "to_markdown", "figure5", "write_table3",
            "load_runs", "load_course_log", "reproduce", "main"]
 
-BLOCKS = ("standard", "se", "condconv")
 LABELS = {p.block: p.label for p in TABLE_3}
 #: The quick mode: the embedded sample (1,000 of its 1,200 training images, a stratified subset, and all
 #: 400 test images), the recipe's shape in 2 epochs at batch 16: 126 optimizer steps per block, about 2
@@ -155,7 +155,7 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
     return df
 
 
-def load_runs(folder, blocks=BLOCKS) -> dict[str, Run]:
+def load_runs(folder, blocks=tuple(BLOCKS)) -> dict[str, Run]:
     """The stored histories ``folder/<block>/history.json`` that exist."""
     folder = Path(folder)
     runs = {b: read_history(folder / b) for b in blocks if (folder / b / "history.json").is_file()}
@@ -226,7 +226,7 @@ def figure5_reference(course_log: pd.DataFrame, path=None):
     return fig
 
 
-def _table4(out_dir: Path, quiet: bool, blocks=BLOCKS):
+def _table4(out_dir: Path, quiet: bool, blocks=tuple(BLOCKS)):
     """Table 4 (MACs and weights per operation, 56x56 input, the paper's 100 classes) of each block,
     from ``irnet_lib.complexity`` when that module is present."""
     try:
@@ -249,9 +249,9 @@ def _table4(out_dir: Path, quiet: bool, blocks=BLOCKS):
     return tables
 
 
-def reproduce(data="fashion-mnist-sample", *, out_dir=None, root="data", blocks=BLOCKS, recipe: Recipe | None = None,
-              train_subset=None, test_subset=None, seed=0, figure=None, download=False, pipeline="auto",
-              num_workers=None, runtime=None, **runtime_fields):
+def reproduce(data="fashion-mnist-sample", *, out_dir=None, root="data", blocks=tuple(BLOCKS),
+              recipe: Recipe | None = None, train_subset=None, test_subset=None, seed=0, figure=None,
+              download=False, pipeline="auto", num_workers=None, runtime=None, **runtime_fields):
     """Table 4, the blocks trained (resuming what is already there), Table 3 and Figure 5, all in
     ``out_dir`` (default ``runs/<data>``; Figure 5 as ``out_dir/figure5.png`` unless ``figure``)."""
     out_dir = Path(out_dir or Path("runs") / data)
@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="only rebuild Table 3 and Figure 5 (figures/fig5_<folder name>.png) from FOLDER/<block>/")
     p.add_argument("--out", default=None, help="results folder (default runs/<data>, or runs/quick-sample)")
     p.add_argument("--figure", default=None, help="Figure 5 path (default <out>/figure5.png)")
-    p.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS)
+    p.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
     add_data_arguments(p)
     add_recipe_arguments(p)
     add_runtime_arguments(p)

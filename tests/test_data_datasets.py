@@ -71,7 +71,7 @@ def test_stratified_seeded_subsets():
     assert torch.equal(labels, full.targets("train")[a.train.indices])
     with pytest.raises(ValueError, match="only 1200"):
         load_dataset("fashion-mnist-sample", train_subset=5000)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="a subset size must be an int >= 1"):
         load_dataset("fashion-mnist-sample", train_subset=0)
 
 

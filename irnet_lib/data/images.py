@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from ..checks import check_int
 from .transforms import RESIZE
 
 # The repository's own data/ folder: the committed sample lives there, whatever the working directory
@@ -203,8 +204,7 @@ def stratified_indices(targets, n: int, seed: int = 0) -> torch.Tensor:
     fractional share."""
     targets = torch.as_tensor(targets, dtype=torch.int64)
     total = len(targets)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"a subset size must be a positive int, got {n!r}")
+    check_int("a subset size", n)
     if n > total:
         raise ValueError(f"asked for a subset of {n} images but the split has only {total}; "
                          f"pass a smaller number or None for all of it")

@@ -32,6 +32,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_int
 from .images import ImageData
 from .transforms import CROP_SIZE, TensorTransform, check_test_crop, test_transform, train_transform
 
@@ -162,9 +163,8 @@ class TorchvisionLoader(_Loader):
     def __init__(self, data, split, batch_size=256, *, device="cpu", seed=0, rank=0, world_size=1,
                  channels_last=False, num_workers=None, test_crop=CROP_SIZE):
         super().__init__(data, split, batch_size, device, seed, rank, world_size, channels_last)
-        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
-                                        or num_workers < 0):
-            raise ValueError(f"num_workers must be an int >= 0 (0: load in the main process), got {num_workers!r}")
+        if num_workers is not None:
+            check_int("num_workers", num_workers, minimum=0, why=" (0: load in the main process)")
         self.num_workers = default_workers() if num_workers is None else num_workers
         transform = train_transform() if self.train else test_transform(size=test_crop)
         self.transformed = _Transformed(self.dataset, transform, seed, self.train)

@@ -25,6 +25,8 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
+from ..checks import check_int
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE = 64  # the size every dataset is served at (short side); the test transform's Resize
@@ -35,10 +37,7 @@ RATIO = (3 / 4, 4 / 3)
 
 def check_test_crop(test_crop) -> int:
     """The test images' centre crop: an int from 1 to ``RESIZE`` (56 is the course's, 64 the whole image)."""
-    if isinstance(test_crop, bool) or not isinstance(test_crop, int) or not 1 <= test_crop <= RESIZE:
-        raise ValueError(f"test_crop must be an int from 1 to {RESIZE} (the test images are resized to "
-                         f"{RESIZE} px), got {test_crop!r}")
-    return test_crop
+    return check_int("test_crop", test_crop, 1, RESIZE, why=f" (the test images are resized to {RESIZE} px)")
 
 
 def train_transform(size: int = CROP_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
