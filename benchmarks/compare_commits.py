@@ -10,7 +10,7 @@ backward, SGD with the recipe's momentum and weight decay; random 56x56 images, 
 printed ratios are medians of per-repetition (paired) ratios. Measured, for this checkout:
 
 - ``core``: the teaching code alone (``irnet_lib.fast`` off), channels_last fp32;
-- ``fast``: the same with ``irnet_lib.fast`` on (what the command lines train with);
+- ``fast``: the same with ``irnet_lib.fast`` on (what the command lines train with ``--fast``);
 
 and, for the other commit, its own default CPU path (channels_last fp32). Freed memory is kept in the
 process for all of them (``irnet_lib.fast.allocator``, process-wide); run ``bench.py --plain-allocator``

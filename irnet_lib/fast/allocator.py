@@ -12,10 +12,9 @@ standard 0.94 -> 0.69 s, SE 1.23 -> 0.86 s, CondConv 2.11 -> 1.42 s per training
 (``benchmarks/bench.py``, ``docs/performance.md``).
 
 The cost: memory freed by the process is reused by it but not returned to the operating system
-until it exits. ``irnet_lib.fast.enable()`` turns it on (the training loop does so for CPU runs with
-``fast=True``, the command lines' default); other platforms (macOS, Windows, musl) are left alone.
-Preloading jemalloc or tcmalloc does the same
-job from outside the process.
+until it exits. ``irnet_lib.fast.enable()`` turns it on, and so does a CPU training run with
+``fast=True`` (``--fast``); other platforms (macOS, Windows, musl) are left alone. Preloading jemalloc
+or tcmalloc does the same job from outside the process.
 """
 from __future__ import annotations
 
