@@ -3,7 +3,6 @@
 importable before. After the install cell, the set-up cell must import ``irnet_lib`` in the same
 process, without a restart, from the copy."""
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,11 @@ DRIVER = textwrap.dedent('''
     checkout, clone, cells = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     # Nothing of the project is importable: no editable install's finder, no path to the checkout.
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-    sys.path[:] = [p for p in sys.path if p and not os.path.realpath(p).startswith(os.path.realpath(checkout))]
+    def inside(path, folder):   # a path, not a string prefix: /x/irnet-venv is not inside /x/irnet
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+        return os.path.commonpath([path, folder]) == folder
+
+    sys.path[:] = [p for p in sys.path if p and not inside(p, checkout)]
     sys.modules.pop("irnet_lib", None)
     assert importlib.util.find_spec("irnet_lib") is None, "irnet_lib importable before the install cell"
 
@@ -42,8 +45,8 @@ DRIVER = textwrap.dedent('''
     for source in cells:
         exec(compile(source, "<cell>", "exec"), namespace)
     import irnet_lib
-    assert os.path.realpath(irnet_lib.__file__).startswith(os.path.realpath(clone)), irnet_lib.__file__
-    assert os.getcwd() == os.path.join(clone, "notebooks")
+    assert inside(irnet_lib.__file__, clone), irnet_lib.__file__
+    assert os.path.realpath(os.getcwd()) == os.path.realpath(os.path.join(clone, "notebooks"))
     print(json.dumps({"calls": calls, "setup": str(namespace.get("env"))}))
 ''')
 
@@ -60,7 +63,7 @@ def test_the_first_two_cells_work_in_colab_without_a_restart(notebook, tmp_path)
     clone = tmp_path / "content" / "irnet"
     cells = [c.replace(COLAB_ROOT, str(clone)) for c in (install, setup)]
     done = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), str(clone), json.dumps(cells)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                          check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["calls"][0][:2] == ["git", "clone"]
@@ -69,16 +72,39 @@ def test_the_first_two_cells_work_in_colab_without_a_restart(notebook, tmp_path)
     assert "device:" in report["setup"]
 
 
-def test_colab_setup_installs_only_what_is_missing(tmp_path):
+@pytest.fixture
+def colab_setup():
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import colab_setup
     finally:
         sys.path.pop(0)
+    return colab_setup
+
+
+def _with_dependencies(tmp_path, *extra) -> Path:
+    """A copy of pyproject.toml with ``extra`` requirements added to ``[project] dependencies``."""
     pyproject = tmp_path / "pyproject.toml"
-    shutil.copy(ROOT / "pyproject.toml", pyproject)
-    assert colab_setup.missing_requirements(pyproject) == []
-    text = pyproject.read_text().replace('"torch>=2.1",', '"torch>=2.1",\n    "surely-not-installed-pkg>=1",')
-    pyproject.write_text(text)
+    text = (ROOT / "pyproject.toml").read_text()
+    lines = "".join(f"\n    {json.dumps(req)}," for req in extra)
+    pyproject.write_text(text.replace('"torch>=2.1",', '"torch>=2.1",' + lines, 1))
+    return pyproject
+
+
+def test_colab_setup_installs_only_what_is_missing(tmp_path, colab_setup):
+    assert colab_setup.missing_requirements(_with_dependencies(tmp_path)) == []
+    pyproject = _with_dependencies(tmp_path, "surely-not-installed-pkg>=1")
     assert colab_setup.missing_requirements(pyproject) == ["surely-not-installed-pkg>=1"]
     assert "jupyterlab" not in pyproject.read_text().split("[project.optional-dependencies]")[0]
+
+
+def test_colab_setup_counts_a_version_out_of_range_as_missing(tmp_path, colab_setup):
+    pyproject = _with_dependencies(tmp_path, "numpy>=999", "numpy<999", "torch>=2.1,<1000", "pillow!=0.1")
+    assert colab_setup.missing_requirements(pyproject) == ["numpy>=999"]
+
+
+def test_colab_setup_skips_what_this_python_does_not_need(tmp_path, colab_setup):
+    pyproject = _with_dependencies(tmp_path, 'surely-not-installed-pkg>=1; python_version < "3"',
+                                   'numpy>=999; sys_platform == "no-such-platform"',
+                                   'another-not-installed-pkg; python_version >= "3"')
+    assert colab_setup.missing_requirements(pyproject) == ['another-not-installed-pkg; python_version >= "3"']

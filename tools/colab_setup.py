@@ -9,10 +9,11 @@ puts on ``sys.path`` instead (importable at once, without restarting the kernel)
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 try:
     import tomllib
@@ -23,15 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def missing_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """The requirements (as written in pyproject.toml) whose distribution is not installed."""
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    """The requirements (as written in pyproject.toml) that this Python needs and lacks: not
+    installed, or installed in a version outside the requirement's range. One whose environment
+    marker excludes this Python (``; python_version < "3.11"``) is not needed."""
+    deps = tomllib.loads(Path(pyproject).read_text())["project"]["dependencies"]
     missing = []
-    for req in deps:
-        name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]
+    for line in deps:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
         try:
-            metadata.version(name)
+            installed = metadata.version(req.name)
         except metadata.PackageNotFoundError:
-            missing.append(req)
+            missing.append(line)
+            continue
+        # Colab's and conda's builds carry local versions and pre-releases (torch 2.5.1+cu121, 2.6.0.dev...);
+        # those count as installed whenever their release is in range.
+        if not req.specifier.contains(installed, prereleases=True):
+            missing.append(line)
     return missing
 
 
