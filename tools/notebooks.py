@@ -65,15 +65,13 @@ TABLE = re.compile(r"(<!-- notebooks -->\n).*?(<!-- /notebooks -->)", re.S)
 
 
 def notebook_table() -> str:
-    """The README's table of notebooks, one row each: title (from its first cell) and badge."""
+    """The README's table of notebooks, one row each: the title (the first line of its first cell) and badge."""
     rows = ["| notebook | what it covers | |", "|---|---|---|"]
     for p in numbered():
         nb = nbformat.read(p, as_version=4)
-        first = nb.cells[0].source.splitlines()
-        title = first[0].lstrip("# ").strip()
-        summary = next((ln.strip() for ln in first[1:] if ln.strip() and not ln.startswith("[![")), "")
+        title = nb.cells[0].source.splitlines()[0].lstrip("# ").strip()
         rel = p.relative_to(ROOT).as_posix()
-        rows.append(f"| [{p.stem}]({rel}) | {title}{': ' + summary if summary else ''} | {colab_badge(rel)} |")
+        rows.append(f"| [{p.stem}]({rel}) | {title} | {colab_badge(rel)} |")
     return "\n".join(rows) + "\n"
 
 
