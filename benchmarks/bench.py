@@ -88,7 +88,7 @@ MODES = {
 GPU_ONLY_MODES = ("compile_bf16", "graph_bf16", "reduce_overhead_bf16")
 # The fastest training path of the command lines on each device (python -m irnet_lib.train --fast).
 DEFAULT_MODE = {"cpu": "fast", "cuda": "graph_bf16"}
-PAPER_HOURS = {"standard": 5.5, "se": 6.0}   # Table 3, 55 epochs on a Colab GPU
+PAPER_HOURS = {"standard": 5.5, "se": 6.0}   # Table 3, 55 epochs (the paper names no hardware)
 RECIPE = dict(epochs=55, train_images=130_000, test_images=5_000, image_px=64, batch_size=256)
 IMAGE_SIZE, NUM_CLASSES = 56, 100
 NOISE_NOTE = ("Timings on a machine shared with other processes are noisy: repetitions are interleaved "
@@ -522,7 +522,7 @@ def summarise(result: dict) -> str:
         p = result["projection"]
         rc = p["recipe"]
         for v, e in p["variants"].items():
-            paper = f", paper: {e['paper_h']} h on a Colab GPU" if e["paper_h"] else ""
+            paper = f", paper: {e['paper_h']} h (hardware not named)" if e["paper_h"] else ""
             how = "with the tensor data pipeline" if e["data_pipeline"] else "model only"
             setup = f" + {e['setup_s']:.0f} s set-up once" if "setup_s" in e else ""
             lines.append(f"(3) {v:>8s}: {rc['epochs']} epochs x {rc['train_images']:,} images ({rc['image_px']} px, "

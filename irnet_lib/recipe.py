@@ -147,10 +147,11 @@ class PaperResult(NamedTuple):
     block: str                    # irnet(block=...) name
     label: str                    # as printed in Table 3
     training_hours: float | None  # None: the paper left the cell empty
-    accuracy: float | None        # top-1 %, ImageNet 64x64 (100 classes), 55 epochs, one Colab GPU
+    accuracy: float | None        # top-1 %, ImageNet (100 classes, downsampled by 4 to 56x56), 55 epochs
 
 
-#: Table 3 of the paper (ImageNet-100 at 64 px, Colab GPU). The CondConv row is empty in the paper.
+#: Table 3 of the paper (ImageNet reduced to 100 classes; the paper names no hardware). The CondConv row
+#: is empty in the paper.
 TABLE_3 = (
     PaperResult("standard", "Standard", 5.5, 72.54),
     PaperResult("se", "SE enhanced", 6.0, 73.72),
