@@ -51,7 +51,7 @@ EXERCISES = {
                           "positions, and the depthwise conv has F^2 Ne weights, not F^2 Ne^2."),
     "01.2": Exercise(lambda: params(_standard_block(80, 160, stride=2)),
                      hint="Ne = 4 x 80 = 320; add the three convs' weights (no biases) and 2 per channel for each "
-                          "of the three BatchNorms. The stride changes the MACs, not the parameters."),
+                          "of the three BatchNorms: count weights, not output positions."),
     "01.3": CodeExercise(check_block_a),
     "01.4": Exercise(lambda: _blocks_with_skip(width_mult=2.0),
                      hint="the rule is Ni == No and S == 1: does doubling every width change which widths are "
