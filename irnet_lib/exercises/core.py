@@ -72,8 +72,9 @@ def try_student_code(what: str, fn: Callable, *args, **kwargs) -> tuple[Any, str
     'not written yet', any other error the verdict."""
     try:
         return fn(*args, **kwargs), None
-    except NotImplementedError as e:
-        return None, f"not written yet ({e or what}): fill in the TODOs, run that cell, then this one."
+    except NotImplementedError:
+        return None, f"not written yet ({what} still raises NotImplementedError): fill in the TODOs, run that cell, " \
+                     "then this one."
     except Exception as e:   # the student's code: any error is the verdict, said in one line
         return None, f"{what} raised {type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
