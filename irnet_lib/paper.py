@@ -1,7 +1,7 @@
 """The paper's printed numbers as data, and their reconciliation with the counts of the real model.
 
 The paper's Table 4 (MACs and "Filter Cx", filter coefficients, per Table 1 operation) is kept
-here exactly as printed. :func:`reconcile_table4` puts it next to :func:`irnet_lib.complexity.table4`
+here exactly as printed. :func:`reconcile_table4` puts it next to :func:`irnet_lib.tables.table4`
 of the standard network and gives every printed number a verdict. The verdicts are *computed*:
 each printed number is recounted from the model under the alternative conventions in
 :data:`ALTERNATIVES`, alone and combined, and the smallest set of them that reproduces the
@@ -14,8 +14,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from .complexity import PAPER, count, table4
+from .complexity import PAPER, count
 from .network import TABLE_1, IRNet, irnet
+from .tables import table4
 
 __all__ = ["PrintedRow", "TABLE_4", "TABLE_4_TOTAL", "ALTERNATIVES", "EXPLANATIONS", "table1",
            "recount", "reconcile_table4"]
@@ -68,7 +69,7 @@ EXPLANATIONS = {
 
 def table1() -> pd.DataFrame:
     """The paper's Table 1 as printed, formatted from :data:`irnet_lib.network.TABLE_1`
-    (same columns as :func:`irnet_lib.complexity.table1`, for comparison)."""
+    (same columns as :func:`irnet_lib.tables.table1`, for comparison)."""
     ops = {"stem": lambda r: f"Conv ({r.F}x{r.F}/{r.S}), Batch Norm, ReLU",
            "block": lambda r: f"Block (Ne=4Ni, F={r.F}, S={r.S}, ID={r.ID})",
            "head": lambda r: f"Conv ({r.F}x{r.F}/{r.S}), Batch Norm, ReLU",

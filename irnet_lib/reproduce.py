@@ -6,7 +6,7 @@ Table 3 (Markdown + CSV) and Figure 5 (per-epoch accuracy and loss curves).
     python -m irnet_lib.reproduce --from-results results/fashion-mnist-cpu   # tables + figure only
 
 Every table and figure says which data, which hardware, how many epochs and how long; the paper's
-numbers (ImageNet-100, one Colab GPU) sit beside ours, never in place of them.
+numbers (ImageNet-100; the paper names no hardware) sit beside ours, never in place of them.
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def table3(runs: dict[str, Run]) -> pd.DataFrame:
             "Best acc % (ours)": round(h["test_acc"].max(), 2),
             "Best epoch": int(h["epoch"][h["test_acc"].idxmax()]),
             "Final acc % (ours)": round(h["test_acc"].iloc[-1], 2),
-            "Paper time (h, ImageNet-100, Colab GPU)": paper.training_hours,
+            "Paper time (h, ImageNet-100)": paper.training_hours,
             "Paper acc % (ImageNet-100)": paper.accuracy,
         })
     return pd.DataFrame(rows)
@@ -143,7 +143,7 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
             f"peak lr {first.recipe['train_lr_max']:.4g}, global batch "
             f"{first.recipe['data_batch_size']}, lr stepped per "
             f"{first.recipe.get('lr_step', 'epoch')}). Paper: ImageNet 64x64, 100 classes, 55 "
-            "epochs, one Colab GPU; its CondConv row is empty. The two are different data and hardware: "
+            "epochs, hardware not named; its CondConv row is empty. The two are different data and hardware: "
             "compare the ranking of the blocks, not the numbers. Times are wall times (on a shared "
             "machine they include waiting for other jobs).\n\n" + to_markdown(df))
     unfinished = [f"{p.label} stopped after {len(run.history)} of {run.planned_epochs} epochs"
@@ -209,7 +209,8 @@ def figure5(runs: dict[str, Run], path=None, title: str | None = None):
 
 
 def figure5_reference(course_log: pd.DataFrame, path=None):
-    """The course's own standard-block curve: ImageNet-100, Colab GPU. A separate figure on purpose."""
+    """The course's own standard-block curve (ImageNet-100, a Colab GPU: the course's run, not the paper's).
+    A separate figure on purpose."""
     import matplotlib.pyplot as plt
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.6))
     ax_acc.plot(course_log.epoch, course_log.test_accuracy, "k.-")
@@ -218,7 +219,7 @@ def figure5_reference(course_log: pd.DataFrame, path=None):
     ax_loss.set(xlabel="epoch", ylabel="mean train cross-entropy", title="Course log: train loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-    fig.suptitle("Reference (not ours): the course's logged run, ImageNet 64x64 100 classes, Colab GPU, "
+    fig.suptitle("Reference (not ours, not the paper's): the course's log (ImageNet-100, a Colab GPU), "
                  f"55 epochs, best {course_log.test_accuracy.max():.2f} %", fontsize=9)
     fig.tight_layout()
     if path is not None:
@@ -227,15 +228,9 @@ def figure5_reference(course_log: pd.DataFrame, path=None):
 
 
 def _table4(out_dir: Path, quiet: bool, blocks=tuple(BLOCKS)):
-    """Table 4 (MACs and weights per operation, 56x56 input, the paper's 100 classes) of each block,
-    from ``irnet_lib.complexity`` when that module is present."""
-    try:
-        from .complexity import table4
-    except ImportError as e:
-        print(f"Table 4 skipped: irnet_lib.complexity is not available ({e}); "
-              "Table 3 and Figure 5 do not need it.")
-        return None
-    from . import irnet
+    """Table 4 (MACs and weights per operation, 56x56 input, the paper's 100 classes) of each block."""
+    from .network import irnet
+    from .tables import table4
     tables = {}
     for block in blocks:
         t4 = table4(irnet(block, num_classes=100)).reset_index()

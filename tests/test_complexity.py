@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from irnet_lib import CondConv2d, SqueezeExcite, irnet, paper
-from irnet_lib.complexity import EVERYTHING, PAPER, count, stage_totals, summary, table1, table4
+from irnet_lib.complexity import EVERYTHING, PAPER, count, stage_totals, summary
+from irnet_lib.tables import table1, table4
 
 # The reference table ("Table 4, recomputed", shared/reference/README.md), typed in independently of
 # irnet_lib.paper: (label, rep, paper MAC, correct MAC, paper Filter Cx, correct weights).

@@ -55,20 +55,6 @@ def test_markdown_without_tabulate():
     assert to_markdown(pd.DataFrame({"a": [1, None], "b": ["x", "y"]})) == "| a | b |\n|---|---|\n| 1.0 | x |\n|  | y |\n"
 
 
-def test_table4_guard(tmp_path, monkeypatch, capsys):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_complexity(name, *args, **kw):
-        if name.endswith("complexity") or (args and args[2] and "complexity" in args[2]):
-            raise ImportError("No module named 'irnet_lib.complexity'")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_complexity)
-    assert reproduce._table4(tmp_path, quiet=True) is None
-    assert "Table 4 skipped" in capsys.readouterr().out
-
-
 def test_quick_recipe_is_what_the_quick_flag_builds():
     """Notebook 06 trains with ``quick_recipe()``; the command line with ``--quick``: one recipe."""
     from irnet_lib.recipe import recipe_from_args

@@ -21,7 +21,7 @@ def _recount(row, **miscounting) -> int:
 
 
 def _se_scale_macs(label: str, resolution: int) -> int:
-    from ..complexity import table4
+    from ..tables import table4
     return int(table4(_irnet("se"), (3, resolution, resolution)).loc[label, "se_scale_macs"])
 
 
