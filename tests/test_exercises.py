@@ -204,3 +204,153 @@ def test_condconv_checker_unwritten():
 
     ok, message = EXERCISES["03.4"].verdict(my_condconv2d)
     assert not ok and message.startswith("not written yet")
+
+
+# ------------------------------------------------------------------ notebook 06: the schedule and the loop, written by the student
+
+def _notebook_solution(number: str, k: int) -> str:
+    """The Python code of the folded solution of exercise k in notebook ``number``."""
+    import json
+    import re
+    from pathlib import Path
+
+    path = next((Path(__file__).resolve().parents[1] / "notebooks").glob(f"{number}_*.ipynb"))
+    exercise = None
+    for cell in json.loads(path.read_text())["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and (m := re.search(r"^### Exercise (\d+)", src, re.M)):
+            exercise = int(m.group(1))
+        elif exercise == k and "solution" in cell.get("metadata", {}).get("tags", []):
+            return re.search(r"```python\n(.*?)```", src, re.S).group(1)
+    raise AssertionError(f"no solution code for exercise {k} in notebook {number}")
+
+
+def _define(code: str, name: str):
+    import math
+
+    import torch.nn.functional as F
+
+    from irnet_lib.recipe import Recipe
+    namespace = {"math": math, "F": F, "r": Recipe()}
+    exec(code, namespace)
+    return namespace[name]
+
+
+def test_course_log_lr_is_the_closed_form():
+    from irnet_lib.exercises.lesson06 import course_lrs
+    from irnet_lib.recipe import Recipe, lr_at
+    lrs = course_lrs()
+    assert len(lrs) == 55 and all(abs(v - lr_at(Recipe(), e)) < 1e-6 for e, v in enumerate(lrs))
+
+
+def test_lr_checker_right_wrong_unwritten():
+    import math
+
+    from irnet_lib.recipe import Recipe, lr_at
+    for right in (_define(_notebook_solution("06", 1), "lr"), lambda e: lr_at(Recipe(), e)):
+        ok, message = EXERCISES["06.1"].verdict(right)
+        assert ok, message
+    assert _define(_notebook_solution("06", 1), "lr")(30) == pytest.approx(0.0968980, abs=5e-8)   # the solution's text
+
+    ok, message = EXERCISES["06.1"].verdict(lambda e: 0.1)
+    assert not ok and "lr(0) = 0.1, but the course's epoch 0 ran at 0.002" in message and "off-by-one" in message
+
+    def unwritten(epoch):
+        raise NotImplementedError("lr(epoch) is not written yet")
+    ok, message = EXERCISES["06.1"].verdict(unwritten)
+    assert not ok and message.startswith("not written yet")
+
+    ok, message = EXERCISES["06.1"].verdict(lambda e: [0.1])
+    assert not ok and "should return a number" in message
+
+    def over_50(e):   # the solution's 0.000397: a cosine over 50 steps stops one short
+        return lr_at(Recipe(), e) if e < 5 else 0.0002 + 0.0999 * (1 + math.cos(math.pi * (e - 5) / 50))
+    assert over_50(54) == pytest.approx(0.000397, abs=5e-7)
+    ok, message = EXERCISES["06.1"].verdict(over_50)
+    assert not ok and "lr(6) = 0.199803" in message and "spans final_epochs - 1" in message
+
+
+def test_lr_checker_names_each_usual_slip():
+    from irnet_lib.exercises.lesson06 import _lr_slips
+    for why, slip in _lr_slips().items():
+        ok, message = EXERCISES["06.1"].verdict(slip)
+        assert not ok and why in message and "but the course's epoch" in message, message
+
+
+def _epoch(slip=None):
+    import torch.nn.functional as F
+
+    def train_one_epoch(model, loader, optimizer):
+        if slip != "eval":
+            model.train()
+        losses = []
+        for i, (x, y) in enumerate(loader):
+            loss = F.cross_entropy(model(x), y, reduction="sum" if slip == "sum" else "mean")
+            if slip != "no zero_grad":
+                optimizer.zero_grad()
+            if slip == "step first":
+                optimizer.step()
+            loss.backward()
+            if slip not in ("step first", "no step") and not (slip == "no last step" and i == len(loader) - 1):
+                optimizer.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses) if slip == "mean" else losses
+    return train_one_epoch
+
+
+@pytest.mark.parametrize("slip, words", [
+    ("eval", "step 0: your loss is"),
+    ("eval", "model.train()"),
+    ("sum", "summed over the batch"),
+    ("no zero_grad", "step 2: your loss is"),
+    ("no zero_grad", "zero_grad is missing"),
+    ("step first", "the weights never change"),
+    ("no step", "the weights never change"),
+    ("mean", "returns one number"),
+    ("no last step", "the weights after the epoch do not"),
+])
+def test_loop_checker_names_the_slip(slip, words):
+    ok, message = EXERCISES["06.2"].verdict(_epoch(slip))
+    assert not ok and words in message, message
+
+
+def test_loop_checker_right_late_step_and_unwritten():
+    ok, message = EXERCISES["06.2"].verdict(_define(_notebook_solution("06", 2), "train_one_epoch"))
+    assert ok, message
+    ok, message = EXERCISES["06.2"].verdict(_epoch())
+    assert ok, message
+
+    import torch.nn.functional as F
+
+    def late(model, loader, optimizer):   # step, zero_grad, backward: the step changes weights backward still needs
+        model.train()
+        losses = []
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.step()
+            optimizer.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+        return losses
+    ok, message = EXERCISES["06.2"].verdict(late)
+    assert not ok and "RuntimeError" in message and "backward first, then step" in message
+
+    def unwritten(model, loader, optimizer):
+        raise NotImplementedError("train_one_epoch is not written yet")
+    ok, message = EXERCISES["06.2"].verdict(unwritten)
+    assert not ok and message.startswith("not written yet")
+
+
+#: The numbers of notebook 06's folded solutions, as a student would type them.
+SOLUTIONS_06 = {"06.3": 100, "06.4": -0.22, "06.5": 17.5}
+
+
+@pytest.mark.parametrize("name, solution", SOLUTIONS_06.items())
+def test_lesson_06_solutions_are_correct_and_wrong_answers_get_the_hint(name, solution, capsys):
+    assert check(name, solution)
+    assert capsys.readouterr().out == f"Exercise {name}: correct.\n"
+    assert not check(name, solution * 1.25)
+    out = capsys.readouterr().out
+    assert "not yet" in out and EXERCISES[name].hint in out
+    assert not check(name, None)
+    assert "not answered yet" in capsys.readouterr().out

@@ -13,7 +13,7 @@ Each notebook's exercises live in ``lessonNN.py``; :mod:`.core` says how they ar
 """
 from __future__ import annotations
 
-from . import lesson00, lesson01, lesson02, lesson03, lesson04, lesson05, lesson07, lesson08
+from . import lesson00, lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07, lesson08
 from .core import CodeExercise, Exercise
 
 __all__ = ["check", "EXERCISES", "Exercise", "CodeExercise"]
@@ -26,6 +26,7 @@ EXERCISES: dict[str, Exercise | CodeExercise] = {
     **lesson03.EXERCISES,
     **lesson04.EXERCISES,
     **lesson05.EXERCISES,
+    **lesson06.EXERCISES,
     **lesson07.EXERCISES,
     **lesson08.EXERCISES,
 }
