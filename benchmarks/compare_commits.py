@@ -12,13 +12,14 @@ printed ratios are medians of per-repetition (paired) ratios. Measured, for this
 - ``core``: the teaching code alone (``irnet_lib.fast`` off), channels_last fp32;
 - ``fast``: the same with ``irnet_lib.fast`` on (what the command lines train with ``--fast``);
 
-and, for the other commit, its own default CPU path (channels_last fp32). Freed memory is kept in the
+and the same two for the other commit (its fast layer where it has one). Freed memory is kept in the
 process for all of them (``irnet_lib.fast.allocator``, process-wide); run ``bench.py --plain-allocator``
 for a process without it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import statistics
 import subprocess
@@ -36,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 from _interleave import interleaved  # noqa: E402
 
 import irnet_lib  # noqa: E402
-from irnet_lib import fast  # noqa: E402
 from irnet_lib.fast import allocator  # noqa: E402
 from irnet_lib.runtime import hardware_name  # noqa: E402
 
@@ -54,17 +54,17 @@ def import_commit(rev: str, folder: Path):
 
 
 class Step:
-    def __init__(self, package, block, batch, use_fast):
+    def __init__(self, package, block, batch, use_fast: bool):
         torch.manual_seed(0)
         self.model = package.irnet(block, num_classes=100).to(memory_format=torch.channels_last).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-5)
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(batch, 3, 56, 56, generator=g).contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, 100, (batch,), generator=g)
-        self.use_fast = use_fast   # None: another commit's code, which has no fast layer to switch
+        self.fast = importlib.import_module(package.__name__ + ".fast") if use_fast else None
 
     def __call__(self) -> float:
-        with fast.enabled(bool(self.use_fast), keep_freed_memory=False):
+        with self.fast.enabled(keep_freed_memory=False) if self.fast else contextlib.nullcontext():
             t0 = time.perf_counter()
             self.opt.zero_grad(set_to_none=True)
             F.cross_entropy(self.model(self.x), self.y).backward()
@@ -82,22 +82,24 @@ def main(argv=None):
     allocator.reuse_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         other = import_commit(args.rev, Path(tmp))
-        steps = {}
-        for block in args.blocks:
-            steps[block, args.rev] = Step(other, block, args.batch, None)
-            steps[block, "core"] = Step(irnet_lib, block, args.batch, False)
-            steps[block, "fast"] = Step(irnet_lib, block, args.batch, True)
+        other_fast = importlib.util.find_spec(other.__name__ + ".fast") is not None
+        codes = {"core": (irnet_lib, False), "fast": (irnet_lib, True), args.rev: (other, False)}
+        if other_fast:
+            codes[args.rev + "+fast"] = (other, True)
+        steps = {(block, code): Step(package, block, args.batch, on)
+                 for block in args.blocks for code, (package, on) in codes.items()}
         times = interleaved(steps, args.reps, warmup=3)
     print(f"{hardware_name('cpu')}, torch {torch.__version__}, batch {args.batch}, channels_last fp32, "
           f"{args.reps} interleaved repetitions; images/s (median), and paired ratios of step times")
+
+    def ratio(block, a, b):
+        return statistics.median(x / y for x, y in zip(times[block, a], times[block, b]))
+
     for block in args.blocks:
-        med = {code: statistics.median(times[block, code]) for code in (args.rev, "core", "fast")}
-        ratio = {code: statistics.median(a / b for a, b in zip(times[block, code], times[block, args.rev]))
-                 for code in ("core", "fast")}
-        print(f"{block:>9}: {args.rev} {args.batch / med[args.rev]:6.1f} | core {args.batch / med['core']:6.1f} | "
-              f"fast {args.batch / med['fast']:6.1f} img/s;  step time fast/{args.rev} {ratio['fast']:.3f}, "
-              f"core/{args.rev} {ratio['core']:.3f}, core/fast "
-              f"{statistics.median(a / b for a, b in zip(times[block, 'core'], times[block, 'fast'])):.3f}")
+        speeds = " | ".join(f"{code} {args.batch / statistics.median(times[block, code]):6.1f}" for code in codes)
+        pairs = [("core", args.rev)] + ([("fast", args.rev + "+fast")] if other_fast else [("fast", args.rev)])
+        print(f"{block:>9}: {speeds} img/s;  step time " + ", ".join(f"{a}/{b} {ratio(block, a, b):.3f}"
+                                                               for a, b in pairs + [("core", "fast")]))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""What every notebook of the series shares: the repository's address, the set-up cell, answer
-checks, and where figures and runs are written.
+"""What every notebook of the series shares: the repository's address, the set-up cell, and where
+figures and runs are written. (The exercises are checked by :mod:`irnet_lib.exercises`.)
 
 ``REPO`` is the one place that names the public repository: the "Open in Colab" badges and the
 Colab install cells are generated from it (``python tools/notebooks.py sync``), and a test checks
@@ -114,16 +114,3 @@ def setup(seed: int = 0, device: str | None = None) -> Setup:
     print(env)
     return env
 
-
-def check_answer(answer, expected, *, rtol: float = 0.0, name: str = "answer") -> bool:
-    """Compare a student's answer with the expected value and say so in one line."""
-    if answer is None:
-        print(f"{name}: not answered yet (replace None with your answer and run this cell again)")
-        return False
-    try:
-        ok = bool(np.allclose(np.asarray(answer, dtype=float), np.asarray(expected, dtype=float),
-                              rtol=rtol, atol=0))
-    except (TypeError, ValueError):
-        ok = answer == expected
-    print(f"{name}: {'correct' if ok else f'not yet: {answer!r} is not right, try again'}")
-    return ok

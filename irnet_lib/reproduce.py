@@ -142,9 +142,10 @@ def write_table3(runs: dict[str, Run], out_dir) -> pd.DataFrame:
             f"recipe: Table 2's shape ({first.recipe['train_num_epochs']} epochs, "
             f"peak lr {first.recipe['train_lr_max']:.4g}, global batch "
             f"{first.recipe['data_batch_size']}, lr stepped per "
-            f"{first.recipe.get('lr_step', 'epoch')}). Paper: ImageNet 64x64, 100 classes, 55 "
-            "epochs, hardware not named; its CondConv row is empty. The two are different data and hardware: "
-            "compare the ranking of the blocks, not the numbers. Times are wall times (on a shared "
+            f"{first.recipe.get('lr_step', 'epoch')}). Paper: ImageNet reduced to 100 classes, images "
+            "downsampled by 4 (56x56 input), 55 epochs, hardware not named; its CondConv row is empty. "
+            "The two are different data and hardware: compare the ranking of the blocks, not the numbers. "
+            "Times are wall times (on a shared "
             "machine they include waiting for other jobs).\n\n" + to_markdown(df))
     unfinished = [f"{p.label} stopped after {len(run.history)} of {run.planned_epochs} epochs"
                   for p in TABLE_3 if (run := runs.get(p.block)) is not None and len(run.history) < run.planned_epochs]

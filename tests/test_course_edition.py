@@ -21,7 +21,7 @@ def _synthetic(tag_all: bool):
     v4 = nbformat.v4
     cells = [
         v4.new_markdown_cell("# 99 · Synthetic\n\n## Exercise 1\n\nHow many?"),
-        v4.new_code_cell("answer = None  # TODO\ncheck_answer(answer, 3)", execution_count=1,
+        v4.new_code_cell("answer = None  # TODO\ncheck(\"01.1\", answer)", execution_count=1,
                          outputs=[v4.new_output("stream", name="stdout", text="answer: not answered yet\n")]),
         v4.new_markdown_cell(f"{SENTINEL}</summary>\n\n**3**\n</details>", metadata={"tags": ["solution"]}),
         v4.new_code_cell("answer = 3", execution_count=2, metadata={"tags": ["solution"]}),
