@@ -93,6 +93,26 @@ def execute(paths):
                         "--inplace", "--ExecutePreprocessor.timeout=1200",
                         "--ExecutePreprocessor.kernel_name=python3", str(p)], check=True, env=env, cwd=p.parent)
         print(f"{p.name}: {time.perf_counter() - start:.0f} s", flush=True)
+        drop_progress_bars(p)
+
+
+#: The text a tqdm progress-bar widget leaves behind: "epoch 1/2:   0%|          | 0/63 [00:00<?, ?it/s]".
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
+
+
+def drop_progress_bars(path: Path) -> None:
+    """Remove the progress bars that a run closed (``leave=False``): in JupyterLab they vanish when
+    the epoch ends, but a stored notebook keeps their first frame ("0%|  | 0/63"), which GitHub and
+    the site would show as if the run had stalled. Other widgets (notebook 04's explorer) stay."""
+    nb = nbformat.read(path, as_version=4)
+    widget = "application/vnd.jupyter.widget-view+json"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (widget in o.get("data", {}) and PROGRESS_BAR.search(
+                "".join(o["data"].get("text/plain", ""))))]
+    if not any(widget in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs):
+        nb.metadata.pop("widgets", None)
+    nbformat.write(nb, path)
 
 
 # The student edition ------------------------------------------------------------------------------
