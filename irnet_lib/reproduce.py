@@ -38,9 +38,10 @@ __all__ = ["QUICK", "quick_recipe", "data_label", "runs_label", "run_label", "fi
 
 LABELS = {p.block: p.label for p in TABLE_3}
 #: The quick mode: the embedded sample (1,000 of its 1,200 training images, a stratified subset, and all
-#: 400 test images), the recipe's shape in 2 epochs at batch 16: 126 optimizer steps per block, about 2
-#: minutes for the three blocks on a 2-core CPU (notebook 06 trains the same). Enough to leave chance
-#: (10 %) well behind (43.5-59.5 % on that CPU), far from converged: a check of the whole pipeline, not
+#: 400 test images), the recipe's shape in 2 epochs at batch 16: 126 optimizer steps per block, about 2.5
+#: minutes for the three blocks on a 2-core CPU with the teaching code (notebook 06 trains the same). Enough
+#: to leave chance (10 %) well behind (45.0-59.5 % on that CPU), far from converged: a check of the whole
+#: pipeline, not
 #: a result (the committed real runs are in results/). Batch 16, because a CPU gains little per image from
 #: a larger batch: the small batch buys optimizer steps cheaply. The lr is stepped per iteration: with
 #: one warm-up epoch the per-epoch schedule jumps 100x between two epochs, which the CondConv block does
