@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Exercise", "CodeExercise", "try_student_code", "compare", "randomize_batchnorm", "macs", "params"]
+__all__ = ["Exercise", "CodeExercise", "try_student_code", "compare", "randomize_batchnorm", "macs", "params",
+           "meta_irnet", "stored_bench"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,19 @@ def macs(module: torch.nn.Module, shape: tuple[int, ...]) -> int:
 
 def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def meta_irnet(block: str = "standard", **knobs) -> torch.nn.Module:
+    """``irnet(block, **knobs)`` in eval mode on the "meta" device: shapes only, built in milliseconds,
+    enough for every count an exercise asks for."""
+    from ..network import irnet
+    with torch.device("meta"):
+        return irnet(block, **knobs).eval()
+
+
+def stored_bench(name: str) -> dict:
+    """A committed benchmark file of ``results/bench/`` (the GPU runs the notebooks read)."""
+    import json
+
+    from ..notebook import ROOT
+    return json.loads((ROOT / "results" / "bench" / name).read_text())

@@ -3,20 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from .core import CodeExercise, Exercise, compare, params, try_student_code
-
-
-def _meta_irnet(block: str, **knobs):
-    from ..network import irnet
-    with torch.device("meta"):
-        return irnet(block, **knobs).eval()
+from .core import CodeExercise, Exercise, compare, meta_irnet, params, try_student_code
 
 
 def _se_macs(input_size=(3, 56, 56), components=("se",), **knobs) -> int:
     """MACs of the SE network's parts named in ``components`` (``"se"``: its linears, ``"se_scale"``:
     the channel scaling), counted by irnet_lib.complexity on one image of ``input_size``."""
     from ..complexity import count
-    by_component = count(_meta_irnet("se", **knobs), input_size).groupby("component")["macs"].sum()
+    by_component = count(meta_irnet("se", **knobs), input_size).groupby("component")["macs"].sum()
     return int(sum(by_component.get(c, 0) for c in components))
 
 

@@ -4,13 +4,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .core import CodeExercise, Exercise, compare, params, try_student_code
-
-
-def _meta_irnet(**knobs):
-    from ..network import irnet
-    with torch.device("meta"):
-        return irnet("condconv", **knobs).eval()
+from .core import CodeExercise, Exercise, compare, meta_irnet, params, try_student_code
 
 
 def _conditional_1x1_params() -> int:
@@ -20,12 +14,13 @@ def _conditional_1x1_params() -> int:
 
 def _mixing_macs(num_experts: int) -> int:
     from ..complexity import count
-    layers = count(_meta_irnet(num_experts=num_experts))
+    layers = count(meta_irnet("condconv", num_experts=num_experts))
     return int(layers.loc[layers["component"] == "mixing", "macs"].sum())
 
 
 def _routing_difference(num_experts: int) -> int:
-    return params(_meta_irnet(num_experts=num_experts)) - params(_meta_irnet(num_experts=num_experts, routing="block"))
+    per_conv = meta_irnet("condconv", num_experts=num_experts)
+    return params(per_conv) - params(meta_irnet("condconv", num_experts=num_experts, routing="block"))
 
 
 # ------------------------------------------------------- Exercise 4: CondConv for a batch, written by the student

@@ -1,31 +1,22 @@
 """Notebook 04 · IR-NET's architecture: its exercises."""
 from __future__ import annotations
 
-import torch
-
-from .core import Exercise
-
-
-def _irnet(**knobs):
-    """``irnet("standard", **knobs)`` on the "meta" device: shapes only, built in milliseconds."""
-    from ..network import irnet
-    with torch.device("meta"):
-        return irnet("standard", **knobs)
+from .core import Exercise, meta_irnet
 
 
 def _first_expansion_macs() -> int:
     from ..complexity import count
-    layers = count(_irnet()).set_index("layer")
+    layers = count(meta_irnet()).set_index("layer")
     return int(layers.loc["rows.0.0.conv_pw", "macs"])
 
 
 def _blocks(**knobs) -> int:
-    return sum(len(row) for row in _irnet(**knobs).rows)
+    return sum(len(row) for row in meta_irnet(**knobs).rows)
 
 
 def _macs(resolution: int, **knobs) -> int:
     from ..complexity import summary
-    return int(summary(_irnet(**knobs), (3, resolution, resolution))["macs"])
+    return int(summary(meta_irnet(**knobs), (3, resolution, resolution))["macs"])
 
 
 EXERCISES = {

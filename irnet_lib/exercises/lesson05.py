@@ -1,28 +1,19 @@
 """Notebook 05 · Complexity, Table 4 recomputed and reconciled: its exercises."""
 from __future__ import annotations
 
-import torch
-
-from .core import Exercise, params
-
-
-def _irnet(block: str = "standard", **knobs):
-    """``irnet(block, **knobs)`` on the "meta" device: shapes only, built in milliseconds."""
-    from ..network import irnet
-    with torch.device("meta"):
-        return irnet(block, **knobs)
+from .core import Exercise, meta_irnet, params
 
 
 def _recount(row, **miscounting) -> int:
     """The standard network's MACs of Table 1 row ``row`` (or "Total"), recounted the wrong way."""
     from ..complexity import PAPER, count
     from ..paper import recount
-    return int(recount(count(_irnet(), **PAPER), **miscounting).loc[row, "macs"])
+    return int(recount(count(meta_irnet(), **PAPER), **miscounting).loc[row, "macs"])
 
 
 def _se_scale_macs(label: str, resolution: int) -> int:
     from ..tables import table4
-    return int(table4(_irnet("se"), (3, resolution, resolution)).loc[label, "se_scale_macs"])
+    return int(table4(meta_irnet("se"), (3, resolution, resolution)).loc[label, "se_scale_macs"])
 
 
 EXERCISES = {
@@ -33,7 +24,7 @@ EXERCISES = {
     "05.2": Exercise(lambda: _recount(4, expand_at_output=True),
                      hint="Ni = 24, Ne = 96, No = 40; with the stride in the 1x1 expansion all three convs run at "
                           "the output's 28 x 28 positions: Ni Ne + 9 Ne + Ne No MACs per position."),
-    "05.3": Exercise(lambda: params(_irnet("condconv", num_experts=8)),
+    "05.3": Exercise(lambda: params(meta_irnet("condconv", num_experts=8)),
                      hint="two things grow with M: each block conv holds M kernels (the `weights` column is one "
                           "kernel of each), and each routing Linear(C_in, M) has M (C_in + 1) parameters; BN, SE, "
                           "the stem, the head and the classifier do not change."),

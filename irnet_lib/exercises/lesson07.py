@@ -3,31 +3,22 @@
 Two of them read the committed GPU runs in ``results/bench/`` (an H100's benchmark and profile)."""
 from __future__ import annotations
 
-import json
-
 import torch
 
-from .core import Exercise
-
-
-def _stored(name: str) -> dict:
-    from ..notebook import ROOT
-    return json.loads((ROOT / "results" / "bench" / name).read_text())
+from .core import Exercise, meta_irnet, stored_bench
 
 
 def _mixed_megabytes(batch: int = 256, bytes_per_value: int = 4) -> float:
     """Megabytes of the CondConv network's mixed kernels for one batch: one kernel per conditional conv and image."""
     from ..condconv import CondConv2d
-    from ..network import irnet
-    with torch.device("meta"):
-        net = irnet("condconv")
+    net = meta_irnet("condconv")
     per_image = sum(m.weight.numel() // m.num_experts for m in net.modules() if isinstance(m, CondConv2d))
     return per_image * batch * bytes_per_value / 1e6
 
 
 def _batchnorm_share() -> float:
     """BatchNorm kernels' share of the standard network's GPU time in one eager bf16 training step (H100 profile)."""
-    profile = _stored("gpu-profile-h100.json")
+    profile = stored_bench("gpu-profile-h100.json")
     row = next(r for r in profile["rows"] if r["variant"] == "standard" and r["mode"] == "bf16"
                and r.get("fold_layout", "default") == "default")
     return sum(t["ms_per_step"] for t in row["top"] if "batch_norm" in t["kernel"]) / row["kernel_ms"]
@@ -41,7 +32,7 @@ def _mac_proportional_step_ms() -> float:
     from ..network import irnet
     with torch.device("meta"):
         ratio = summary(mobilenet_v2(num_classes=100))["macs"] / summary(irnet("standard"))["macs"]
-    run = _stored("cuda-h100.json")
+    run = stored_bench("cuda-h100.json")
     names = run.get("old_mode_names", {})
     step = next(r["train_step_ms"]["median"] for r in run["rows"]
                 if r["variant"] == "standard" and names.get(r["mode"], r["mode"]) == "graph_bf16")

@@ -3,16 +3,7 @@
 One of them reads the committed H100 runs in ``results/bench/`` (the benchmark and the profile)."""
 from __future__ import annotations
 
-import json
-
-import torch
-
-from .core import Exercise
-
-
-def _stored(name: str) -> dict:
-    from ..notebook import ROOT
-    return json.loads((ROOT / "results" / "bench" / name).read_text())
+from .core import Exercise, meta_irnet, stored_bench
 
 
 def _rank_share(world_size: int = 7) -> int:
@@ -24,11 +15,11 @@ def _rank_share(world_size: int = 7) -> int:
 
 def _launch_microseconds(variant: str = "se") -> float:
     """If the eager step's extra time over the graphed replay were all launches: microseconds per kernel (H100)."""
-    run = _stored("cuda-h100.json")
+    run = stored_bench("cuda-h100.json")
     names = run.get("old_mode_names", {})
     step = {names.get(r["mode"], r["mode"]): r["train_step_ms"]["median"] for r in run["rows"]
             if r["variant"] == variant}
-    kernels = next(r["kernels_per_step"] for r in _stored("gpu-profile-h100.json")["rows"]
+    kernels = next(r["kernels_per_step"] for r in stored_bench("gpu-profile-h100.json")["rows"]
                    if r["variant"] == variant and r["mode"] == "bf16" and r.get("fold_layout", "default") == "default")
     return 1e3 * (step["fast_bf16"] - step["graph_bf16"]) / kernels
 
@@ -36,9 +27,7 @@ def _launch_microseconds(variant: str = "se") -> float:
 def _pointwise_kernel_megabytes(batch: int = 64, bytes_per_value: int = 4) -> float:
     """Megabytes of per-example 1x1 kernels of the CondConv network that the fast layer does not keep."""
     from ..condconv import CondConv2d
-    from ..network import irnet
-    with torch.device("meta"):
-        net = irnet("condconv")
+    net = meta_irnet("condconv")
     per_example = sum(m.in_channels * m.out_channels for m in net.modules()
                       if isinstance(m, CondConv2d) and m.kernel_size == 1)
     return per_example * batch * bytes_per_value / 1e6
